@@ -119,11 +119,15 @@ class Pose:
 
 
 class StaticLayers(NamedTuple):
-    """Per-furnace layers in output pixels (H = W = frame_px)."""
+    """Per-furnace layers in output pixels (H = W = frame_px).
+
+    Colour layers are channel-first, (3, H, W) per layer, so per-pixel alphas broadcast over
+    contiguous rows; frames are transposed to (H, W, 3) only when quantised.
+    """
 
     pose: Pose
-    linear: F32  # (L, H*W*3): base, rim glow, flame A/B, N_FLARES flares; combined by matmul
-    ejecta_glow: F32  # (2, H*W*3): glow of a small (10 %) and a large (50 %) spray
+    linear: F32  # (L, 3*H*W) channel-first: base, rim glow, flame A/B, N_FLARES flares
+    ejecta_glow: F32  # (2, 3*H*W) channel-first: glow of a small (10 %) and a large (50 %) spray
     haze_rows: int  # rows reached by smoke and dust (the rest is never touched)
     smoke_profile: F32  # (haze_rows, W) smoke opacity at density 1
     dust_profile: F32  # (haze_rows, W) dust opacity at level 1
@@ -197,7 +201,7 @@ def _static_rgb(cam: CameraParams, tex: dict[str, F64], x: F64, y: F64) -> F64:
 
 
 def _downsample(a: F64, s: int) -> F64:
-    """Average s x s blocks over the two axes before the last: (..., N*s, N*s, C) -> (..., N, N, C)."""
+    """Average s x s pixel blocks: (..., N*s, N*s, C) -> (..., N, N, C)."""
     *lead, n, _, c = a.shape
     out: F64 = a.reshape(*lead, n // s, s, n // s, s, c).mean(axis=(-4, -2))
     return out
@@ -241,15 +245,15 @@ def build_layers(cam: CameraParams, frame_px: int) -> StaticLayers:
     )
     mist_grey = trng.uniform(0.79, 0.88)
     mist_rgb = np.array([mist_grey, mist_grey + 0.01, mist_grey + 0.03])
-    smoke_rgb = np.array([0.40, 0.38, 0.36]) * trng.uniform(0.8, 1.15, 3) ** 0.3
+    smoke_rgb = np.array([0.50, 0.46, 0.42]) * trng.uniform(0.8, 1.15, 3) ** 0.3
 
     pose = Pose.from_camera(cam, frame_px)
     xs, ys = pose.scene_grid(frame_px, SUPERSAMPLE)
     linear = _downsample(_static_rgb(cam, tex, xs, ys), SUPERSAMPLE)  # (L, H, W, 3)
     u, _, below = _geometry(cam, xs, ys)
     side = np.exp(-np.clip(np.abs(u) - 1.0, 0.0, None) * 3.0)
-    smoke = np.where(below < 0, 1.0, np.exp(-np.clip(below, 0, None) / 9.0)) * side
-    dust = np.exp(-((below / 5.0) ** 2)) * np.exp(-np.clip(np.abs(u) - 1.1, 0.0, None) * 6.0)
+    smoke = np.where(below < 0, 1.0, np.exp(-np.clip(below, 0, None) / 14.0)) * side
+    dust = np.exp(-((below / 7.0) ** 2)) * np.exp(-np.clip(np.abs(u) - 1.1, 0.0, None) * 6.0)
     profiles = _downsample(np.stack([smoke, dust], axis=-1), SUPERSAMPLE)  # (H, W, 2)
     reach = np.flatnonzero(profiles.max(axis=(1, 2)) > 2e-3)
     rows = int(reach[-1]) + 1 if reach.size else 0
@@ -267,13 +271,13 @@ def build_layers(cam: CameraParams, frame_px: int) -> StaticLayers:
     tiled = np.stack([np.tile(t, (2, 2)).ravel() for t in drifting])
     return StaticLayers(
         pose=pose,
-        linear=linear.reshape(linear.shape[0], -1).astype(np.float32),
-        ejecta_glow=glow.reshape(2, -1).astype(np.float32),
+        linear=linear.transpose(0, 3, 1, 2).reshape(linear.shape[0], -1).astype(np.float32),
+        ejecta_glow=glow.transpose(0, 3, 1, 2).reshape(2, -1).astype(np.float32),
         haze_rows=rows,
         smoke_profile=profiles[:rows, :, 0].astype(np.float32),
         dust_profile=profiles[:rows, :, 1].astype(np.float32),
         smoke_rgb=smoke_rgb.astype(np.float32),
-        dust_rgb=np.array([0.21, 0.20, 0.18], dtype=np.float32),
+        dust_rgb=np.array([0.36, 0.34, 0.31], dtype=np.float32),
         mist_rgb=mist_rgb.astype(np.float32),
         tex_index=yi * (2 * TEX_PX) + xi,
         textures=tiled.astype(np.float32),
@@ -310,9 +314,7 @@ def spot_shape(spot: HotSpot, cam: CameraParams, pose: Pose, frame_px: int) -> S
     texture = np.clip(1.0 + 0.3 * sample_periodic(mottle, xs, ys), 0.4, 1.6)
     half = cam.shell_width * FRAME_PX / 2
     rim_y = cam.rim_rows * FRAME_PX
-    centre = np.array(
-        [FRAME_PX / 2 + (2 * spot.u - 1) * half, rim_y + spot.v * (FRAME_PX - rim_y)]
-    )
+    centre = np.array([FRAME_PX / 2 + (2 * spot.u - 1) * half, rim_y + spot.v * (FRAME_PX - rim_y)])
     return SpotShape(centre, offsets, sigmas, weights / peak, texture.astype(np.float32))
 
 

@@ -134,7 +134,8 @@ def _occlude(
     _, h, w, _ = frames.shape
     rows = max(1, int(round(coverage * h)))
     top = int(rng.integers(0, h - rows + 1))
-    colour = rng.uniform(40.0, 110.0, size=3)
+    grey = rng.uniform(40.0, 110.0)
+    colour = grey * np.array([1.0, 0.9, 0.75]) * rng.uniform(0.9, 1.1, size=3)  # soot and dust
     stain = colour[None, None, :] + rng.normal(0.0, 3.0, size=(rows, w, 1))
     out = frames.copy()
     out[:, top : top + rows] = np.clip(stain, 0, 255).astype(np.uint8)[None]

@@ -213,9 +213,17 @@ def synthesize(
     x = np.sqrt(fp.rho) * shared[:, None] + np.sqrt(1.0 - fp.rho) * x  # (N, 3)
     current = i_set + d_i + gain * sigma[None, :] * x
     current = current * arc + surge
-    for phase, residual in overlay:
-        current[:, phase] = np.where(ok[:, phase] > 0, current[:, phase], residual)
     _apply_dips(current, i_set, power, fp, rng)
+    for phase, residual in overlay:
+        lost = ok[:, phase] == 0
+        others = [q for q in range(3) if q != phase]
+        # With one electrode open, the other two carry one series current: equal magnitudes
+        # (plus 1 % transducer noise), whatever the regulator does to its level.
+        series = current[:, others].mean(1)
+        for q in others:
+            noisy = series * (1.0 + 0.01 * rng.standard_normal(n))
+            current[:, q] = np.where(lost, noisy, current[:, q])
+        current[:, phase] = np.where(lost, residual, current[:, phase])
     current *= power[:, None]
     current = np.clip(current, 0.0, CLIP_A)
     action = np.clip((current - i_set) / fp.action_scale_a, -10.0, 10.0)

@@ -1,0 +1,7 @@
+"""python -m furnace."""
+
+from __future__ import annotations
+
+from furnace.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The `furnace` command line: one entry point, one subcommand per job.
+
+Subcommands import their package lazily, so `furnace serve` never loads torch and
+`furnace simulate` never loads the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from simulator.config import CONDITIONS
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulator.config import SimConfig
+    from simulator.dataset import RunSpec
+
+    if args.out is None and args.report is None:
+        print(
+            "furnace simulate: give --out DIR (a dataset), --report DIR (the simulator "
+            "report), or both",
+            file=sys.stderr,
+        )
+        return 2
+    if args.out is not None:
+        from training.fmf import write_fmf
+        from simulator.dataset import generate
+
+        cfg = SimConfig(
+            minutes=args.minutes,
+            camera_fps=args.camera_fps,
+            profile=args.profile,
+            faults=not args.no_faults,
+            condition=args.condition,
+            event_free_fraction=args.event_free_fraction,
+        )
+        spec = RunSpec(
+            seed=args.seed,
+            furnaces=args.furnaces,
+            episodes_per_furnace=args.episodes_per_furnace,
+            config=cfg,
+        )
+        t0 = time.perf_counter()
+        root = write_fmf(generate(spec), args.out, test_fraction=args.test_fraction)
+        seconds = time.perf_counter() - t0
+        simulated = spec.n_episodes * cfg.minutes * 60.0
+        print(
+            f"wrote {spec.n_episodes} episodes ({simulated / 3600:.2f} h of furnace time) "
+            f"to {root} in {seconds:.1f} s ({simulated / seconds:.0f}x real time)"
+        )
+    if args.report is not None:
+        from training.sim_report import write_report
+
+        path = write_report(Path(args.report), seed=args.seed, progress=True)
+        print(f"simulator report: {path}")
+    return 0
+
+
+def _dataset_info(args: argparse.Namespace) -> int:
+    from training.fmf import dataset_info, format_dataset_info
+
+    root = Path(args.dir)
+    if not root.exists():
+        print(f"furnace dataset info: {root} does not exist", file=sys.stderr)
+        return 2
+    info = dataset_info(root)
+    print(json.dumps(info, indent=2) if args.json else format_dataset_info(info))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from training.sim_report import write_report
+
+    out = Path(args.out)
+    print(
+        "furnace demo: simulating every condition and nuisance, and checking the simulated "
+        "current against the production log ..."
+    )
+    path = write_report(out, seed=args.seed, progress=True)
+    print(f"\nopen {path} in a browser (statistics table, camera contact sheet, current plots)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="furnace",
+        description="furnace-sentinel: abnormal-condition detection for fused magnesia furnaces",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate furnaces into the FMF-Benchmark layout and/or write the simulator report",
+    )
+    sim.add_argument("--out", help="dataset folder to write (FMF-Benchmark V2 layout)")
+    sim.add_argument("--furnaces", type=int, default=4, help="number of furnaces (default 4)")
+    sim.add_argument("--minutes", type=float, default=30.0, help="episode length (default 30)")
+    sim.add_argument("--seed", type=int, default=0, help="master seed (test sets: another seed)")
+    sim.add_argument("--camera-fps", type=float, default=2.0, help="camera rate (default 2)")
+    sim.add_argument("--episodes-per-furnace", type=int, default=1)
+    sim.add_argument(
+        "--profile",
+        choices=("default", "reference", "out_of_range"),
+        default="default",
+        help="domain randomisation profile (out_of_range: robustness tests only)",
+    )
+    sim.add_argument("--condition", choices=CONDITIONS, help="force the condition of events")
+    sim.add_argument(
+        "--event-free-fraction", type=float, default=0.4, help="share of episodes w/o events"
+    )
+    sim.add_argument("--test-fraction", type=float, default=0.2, help="test.json share")
+    sim.add_argument("--no-faults", action="store_true", help="draw no sensor faults")
+    sim.add_argument("--report", help="write the simulator report (report.html) to this folder")
+    sim.set_defaults(func=_simulate)
+
+    ds = sub.add_parser("dataset", help="inspect datasets")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    info = ds_sub.add_parser("info", help="what a dataset holds (ours or an FMF-Benchmark one)")
+    info.add_argument("dir", help="dataset root (the folder holding pixel-level/)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_dataset_info)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo")
+    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"furnace {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
