@@ -25,7 +25,8 @@ test-all: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy simulator
+	$(BIN)/mypy simulator service
+	$(BIN)/mypy model training furnace
 
 format: install
 	$(BIN)/ruff format .

@@ -29,8 +29,8 @@ def _simulate(args: argparse.Namespace) -> int:
         )
         return 2
     if args.out is not None:
-        from training.fmf import write_fmf
         from simulator.dataset import generate
+        from training.fmf_write import write_fmf
 
         cfg = SimConfig(
             minutes=args.minutes,
@@ -47,7 +47,9 @@ def _simulate(args: argparse.Namespace) -> int:
             config=cfg,
         )
         t0 = time.perf_counter()
-        root = write_fmf(generate(spec), args.out, test_fraction=args.test_fraction)
+        root = write_fmf(
+            generate(spec), args.out, test_fraction=args.test_fraction, total=spec.n_episodes
+        )
         seconds = time.perf_counter() - t0
         simulated = spec.n_episodes * cfg.minutes * 60.0
         print(
@@ -63,7 +65,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _dataset_info(args: argparse.Namespace) -> int:
-    from training.fmf import dataset_info, format_dataset_info
+    from training.fmf_info import dataset_info, format_dataset_info
 
     root = Path(args.dir)
     if not root.exists():

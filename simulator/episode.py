@@ -44,9 +44,10 @@ def random_furnace_params(
 ) -> FurnaceParams:
     """Draw one furnace's electrical and camera parameters (FURNACE.md 7.6).
 
-    Profiles: `default` draws the training ranges; `reference` pins the setpoint and the fluctuation
-    level to the public log's (14.6-15.3 kA, 10-12 %) so its statistics compare figure by figure; `out_of_range` draws
-    setpoints of 9-11 kA and a camera rolled up to 15 degrees (robustness only, never training).
+    Profiles: `default` draws the training ranges; `reference` pins the setpoint and the
+    fluctuation level to the public log's (14.6-15.3 kA, 10-12 %) so its statistics compare
+    figure by figure; `out_of_range` draws setpoints of 9-11 kA and a camera rolled up to
+    15 degrees (robustness only, never training).
     """
     u = rng.uniform
     sigma_range = (0.085, 0.13)
@@ -268,13 +269,12 @@ def _params_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
-def episode_seeds(master_seed: int, n_furnaces: int, episodes_per_furnace: int) -> list[
-    tuple[np.random.SeedSequence, list[np.random.SeedSequence]]
-]:
+def episode_seeds(
+    master_seed: int, n_furnaces: int, episodes_per_furnace: int
+) -> list[tuple[np.random.SeedSequence, list[np.random.SeedSequence]]]:
     """SeedSequence(master) -> one child per furnace -> (furnace params seed, episode seeds)."""
     out = []
     for furnace_ss in np.random.SeedSequence(master_seed).spawn(n_furnaces):
         params_ss, *episode_ss = furnace_ss.spawn(1 + episodes_per_furnace)
         out.append((params_ss, episode_ss))
     return out
-

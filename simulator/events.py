@@ -213,7 +213,10 @@ def draw_nuisances(
     t = float(rng.uniform(60.0, 300.0))
     while t < duration_s:  # feeding every 3-15 min, 10-60 s long
         dur = float(rng.uniform(10.0, 60.0))
-        params = {"fluct_gain": float(rng.uniform(1.2, 1.6)), "dip_frac": float(rng.uniform(0, 0.05))}
+        params = {
+            "fluct_gain": float(rng.uniform(1.2, 1.6)),
+            "dip_frac": float(rng.uniform(0.0, 0.05)),
+        }
         out.append(Nuisance("feeding", t, min(t + dur, duration_s), params))
         t += dur + float(rng.uniform(180.0, 900.0))
     hours = duration_s / 3600.0

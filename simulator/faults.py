@@ -85,7 +85,7 @@ def apply_faults(ep: Episode) -> Observed:
     for f in ep.faults:
         in_cur = (ep.t_cur >= f.start_s) & (ep.t_cur < f.end_s)
         in_frame = (ep.t_frame >= f.start_s) & (ep.t_frame < f.end_s)
-        phases = [f.phase] if f.phase >= 0 else [0, 1, 2]
+        phases = np.array([f.phase] if f.phase >= 0 else [0, 1, 2], dtype=np.int64)
         if f.kind == "skew":
             if f.modality == "current":
                 t_cur[in_cur] += f.value

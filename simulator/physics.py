@@ -13,10 +13,10 @@ from numpy.typing import NDArray
 
 from simulator.config import (
     BAND_EDGES_HZ,
-    GENERATOR_SHARES,
     CLASS_INDEX,
     CLIP_A,
     CURRENT_RATE_HZ,
+    GENERATOR_SHARES,
     FurnaceParams,
     SimConfig,
 )
@@ -283,14 +283,17 @@ def _breakage_residual(
     t: F64, active: NDArray[np.bool_], p: dict[str, float], level: float, rng: np.random.Generator
 ) -> F64:
     """Residual current of a broken electrode: 0-10 % with occasional re-arcs up to 50 %."""
-    residual = p["residual_frac"] * level * (1.0 + 0.3 * rng.standard_normal(t.shape[0]))
+    noise: F64 = 1.0 + 0.3 * rng.standard_normal(size=(t.shape[0],))
+    residual = noise * (p["residual_frac"] * level)
     idx = np.flatnonzero(active)
     if idx.size:
         n_rearcs = int(rng.poisson(p["rearc_rate_hz"] * idx.size / CURRENT_RATE_HZ))
         for k in rng.choice(idx, size=min(n_rearcs, idx.size), replace=False):
             length = int(rng.integers(1, 3))
-            residual[int(k) : int(k) + length] += p["rearc_level_frac"] * level * rng.uniform(0.3, 1)
-    return np.maximum(residual, 0.0)
+            spike = p["rearc_level_frac"] * level * rng.uniform(0.3, 1.0)
+            residual[int(k) : int(k) + length] += spike
+    out: F64 = np.maximum(residual, 0.0)
+    return out
 
 
 def _apply_dips(

@@ -47,7 +47,8 @@ def _runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
 def normal_mask(ep: Episode) -> NDArray[np.bool_]:
     """Samples labelled normal, with full power (no cut, no ramp after one)."""
     power = ep.latent["power"]
-    return (ep.label_cur == 0) & (power >= 1.0)
+    mask: NDArray[np.bool_] = (ep.label_cur == 0) & (power >= 1.0)
+    return mask
 
 
 def episode_statistics(ep: Episode) -> dict[str, Any]:
@@ -121,12 +122,13 @@ def summarise(accs: Sequence[dict[str, Any]]) -> dict[str, float]:
     imbalance = np.concatenate([i for a in accs for i in a["imbalance"]])
     seconds = sum(a["seconds"] for a in accs)
     # Per-furnace std (setpoints differ between furnaces; the log is one furnace).
+    std60 = [s for a in accs for s in a["std60"]]
     stds = [np.concatenate(a["values"]).std(0).mean() for a in accs if a["values"]]
     return {
         "mean_a": float((total / n).mean()),
         "mean_over_setpoint": float((total / setpoint).mean()),
         "std_a": float(np.mean(stds)),
-        "std60_median_a": float(np.median(np.stack([s for a in accs for s in a["std60"]]), 0).mean()),
+        "std60_median_a": float(np.median(np.stack(std60), 0).mean()),
         "lag1_autocorr": float(np.mean([x for a in accs for x in a["lag1"]])),
         "lag20_autocorr": float(np.mean([x for a in accs for x in a["lag20"]])),
         "band_0.01_0.05": float(bands[0]),

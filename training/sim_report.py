@@ -247,7 +247,8 @@ def write_report(out: Path, *, seed: int = 0, progress: bool = True) -> Path:
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>furnace-sentinel simulator report</title><style>
 body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 th{{background:#eee}}td.pass{{color:#070}}td.fail{{color:#b00;font-weight:bold}}
 img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
 <h1>Simulator report</h1>
@@ -257,7 +258,8 @@ img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
 Classes: {", ".join(CLASS_NAMES)}.</p>
 <h2>Current statistics against the production log</h2>
 <p>{figures["hours"]:.1f} furnace-hours of normal operation ({STATS_FURNACES} log-matched
-furnaces, <code>profile=reference</code>: setpoint 14.6-15.3 kA) against FURNACE.md 2.1. Pass: within
+furnaces, <code>profile=reference</code>: setpoint 14.6-15.3 kA) against FURNACE.md 2.1.
+Pass: within
 &plusmn;25 % of the reference figure, averaged over furnaces and phases.</p>
 {
         _table(
