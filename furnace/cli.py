@@ -18,6 +18,8 @@ from simulator.config import CONDITIONS
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from simulator.config import SimConfig
     from simulator.dataset import RunSpec
 
@@ -47,8 +49,14 @@ def _simulate(args: argparse.Namespace) -> int:
             config=cfg,
         )
         t0 = time.perf_counter()
+        run = {"command": "furnace simulate", "seed": spec.seed, "furnaces": spec.furnaces}
+        run |= {"episodes_per_furnace": spec.episodes_per_furnace, "config": asdict(cfg)}
         root = write_fmf(
-            generate(spec), args.out, test_fraction=args.test_fraction, total=spec.n_episodes
+            generate(spec),
+            args.out,
+            test_fraction=args.test_fraction,
+            total=spec.n_episodes,
+            run=run,
         )
         seconds = time.perf_counter() - t0
         simulated = spec.n_episodes * cfg.minutes * 60.0

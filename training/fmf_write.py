@@ -35,6 +35,7 @@ def write_fmf(
     guard_s: float = 136.0,
     progress: bool = True,
     total: int | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """Write episodes as FMF-Benchmark V2 `pixel-level/` plus the `sentinel/` extension.
 
@@ -45,6 +46,7 @@ def write_fmf(
         guard_s: seconds of frames before the test block left out of both splits.
         progress: show a tqdm bar over episodes.
         total: number of episodes, for the bar when `episodes` is a generator.
+        run: how the episodes were made (seed, config), recorded in `dataset.json`.
 
     Returns:
         Path of the `pixel-level` folder.
@@ -101,6 +103,8 @@ def write_fmf(
         "test_fraction": test_fraction,
         "guard_s": guard_s,
     }
+    if run is not None:
+        info["run"] = _jsonable(run)
     (out_dir / "dataset.json").write_text(json.dumps(info, indent=2))
     return root
 

@@ -86,8 +86,10 @@ def condition_episodes(seed: int) -> dict[str, Episode]:
     return out
 
 
-def nuisance_episode(seed: int, kind: str, max_tries: int = 60) -> tuple[Episode, float]:
-    """A normal episode holding nuisance `kind` (mist, power_cut, feeding) and its time."""
+def nuisance_episode(
+    seed: int, kind: str, max_tries: int = 60
+) -> tuple[Episode, tuple[float, float]]:
+    """A normal episode holding nuisance `kind` (mist, power_cut, feeding), and its span."""
     cfg = SimConfig(minutes=20.0, event_free_fraction=1.0, faults=False)
     for k in range(max_tries):
         spec = RunSpec(seed=seed * 1000 + 500 + k, furnaces=1, config=cfg)
@@ -95,12 +97,11 @@ def nuisance_episode(seed: int, kind: str, max_tries: int = 60) -> tuple[Episode
         if kind == "mist":
             heavy = [m for m in ep.meta["mist"] if m["params"]["peak"] > 0.7]
             if heavy:
-                t = 0.5 * (heavy[0]["start_s"] + heavy[0]["end_s"])
-                return next(iter(generate(spec))), t
+                return next(iter(generate(spec))), (heavy[0]["start_s"], heavy[0]["end_s"])
         else:
-            found = [n for n in ep.nuisances if n["kind"] == kind]
+            found = [n for n in ep.nuisances if n["kind"] == kind and n["end_s"] < 1100.0]
             if found:
-                return next(iter(generate(spec))), found[0]["start_s"] + 5.0
+                return next(iter(generate(spec))), (found[0]["start_s"], found[0]["end_s"])
     msg = f"no episode with a {kind} nuisance in {max_tries} seeds"
     raise RuntimeError(msg)
 
@@ -111,7 +112,9 @@ def _frame_at(ep: Episode, t: float, frames: np.ndarray | None = None) -> np.nda
 
 
 def contact_sheet(
-    conditions: dict[str, Episode], nuisances: dict[str, tuple[Episode, float]], path: Path
+    conditions: dict[str, Episode],
+    nuisances: dict[str, tuple[Episode, tuple[float, float]]],
+    path: Path,
 ) -> None:
     """Rows of frames: each condition across its event, each nuisance, each camera fault."""
     rows: list[tuple[str, list[np.ndarray], list[str]]] = []
@@ -124,8 +127,8 @@ def contact_sheet(
         frames = [_frame_at(ep, t) for t in times]
         labels = [f"t={t - ev['onset_s']:+.0f} s" for t in times]
         rows.append((name, frames, labels))
-    for kind, (ep, t0) in nuisances.items():
-        times = t0 + np.linspace(-40.0, 120.0, n_cols)
+    for kind, (ep, (t0, t1)) in nuisances.items():
+        times = np.linspace(t0 - 20.0, min(t1 + 90.0, ep.t_frame[-1]), n_cols)
         rows.append(
             (
                 f"{kind} (normal)",
