@@ -84,6 +84,53 @@ def _dataset_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from training.config import load_config
+    from training.run import train_run
+
+    cfg = load_config(args.config)
+    changes = {}
+    if args.label_modality:
+        changes["label_modality"] = args.label_modality
+    if args.steps:
+        changes["steps"] = args.steps
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if changes:
+        cfg = replace(cfg, train=replace(cfg.train, **changes))
+    path = train_run(args.data, args.out, cfg, progress=True)
+    print(f"run saved: {path}  (log: {path.parent / 'train_log.json'})")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    ablations = {}
+    for item in args.ablation or []:
+        what, _, run = item.partition("=")
+        if not run:
+            print(f"furnace evaluate: --ablation wants WHAT=RUN_DIR, got {item!r}", file=sys.stderr)
+            return 2
+        ablations[what] = run
+    metrics = evaluate(
+        args.run, args.data, args.out, ablations=ablations, baselines=not args.no_baselines
+    )
+    width = max(len(k) for k in metrics["settings"])
+    print(f"{'setting':{width}s}  macro_f1  all_six  auroc   fdr    mdr    delay_s")
+    for name, row in metrics["settings"].items():
+        print(
+            f"{name:{width}s}  {row['macro_f1']:8.3f}  {row['macro_f1_all']:7.3f}  "
+            f"{row['auroc']:5.3f}  {row['fdr']:5.3f}  {row['mdr']:5.3f}  {row['delay_s']:7.1f}"
+        )
+    print(
+        f"\nmetrics: {Path(args.out) / 'metrics.json'}   report: {Path(args.out) / 'report.html'}"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from training.sim_report import write_report
 
@@ -136,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("dir", help="dataset root (the folder holding pixel-level/)")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_dataset_info)
+
+    train = sub.add_parser("train", help="pre-train CMG, train heads, calibrate (a run folder)")
+    train.add_argument("--data", required=True, help="training dataset (FMF-Benchmark layout)")
+    train.add_argument("--out", required=True, help="run folder, e.g. runs/default")
+    train.add_argument("--config", help="YAML config (keys: cmg, train); default config if none")
+    train.add_argument("--label-modality", choices=("current", "camera", "both"))
+    train.add_argument("--steps", type=int, help="pre-training steps (overrides the config)")
+    train.add_argument("--seed", type=int, help="training seed (overrides the config)")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a run on held-out furnaces")
+    ev.add_argument("--run", required=True, help="run folder written by furnace train")
+    ev.add_argument("--data", required=True, help="test dataset: furnaces never seen in training")
+    ev.add_argument("--out", required=True, help="folder for metrics.json and report.html")
+    ev.add_argument(
+        "--ablation", action="append", help="WHAT=RUN_DIR: an ablation run to add to the table"
+    )
+    ev.add_argument("--no-baselines", action="store_true", help="skip the peer baselines")
+    ev.set_defaults(func=_evaluate)
 
     demo = sub.add_parser("demo", help="the end-to-end demo")
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")

@@ -1,0 +1,183 @@
+"""Frozen, validated configuration of the CMG model (CMG.md sections 3, 5, 6 and 11).
+
+Each component owns its defaults in the field defaults. A config travels with every
+checkpoint as `dataclasses.asdict(cfg)` and is rebuilt with `CMGConfig.from_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ALIGN_MODES = ("cpc", "infonce")
+INIT_MODES = ("data", "uniform")
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Semantic and specific encoders (CMG.md section 3, slimmed camera stem: see encoders.py)."""
+
+    dim: int = 64  # D, width of the semantic transformers; must equal CodebookConfig.dim
+    layers: int = 2  # transformer layers per semantic encoder
+    heads: int = 4  # attention heads
+    ff: int = 256  # transformer feed-forward width (4 D)
+    dropout: float = 0.1
+    stem_channels: tuple[int, int] = (32, 64)  # Phi_v stem: patchify 4x4/4, then 3x3/2
+    specific_channels: tuple[int, int] = (16, 32)  # Psi_v stem (m_v has the last width)
+    se_reduction: int = 8  # squeeze-excitation channel reduction in Phi_v
+    decoder_channels: int = 16  # hidden width of the camera decoder's transposed convs
+
+    def __post_init__(self) -> None:
+        _require(self.dim > 0 and self.layers >= 0, f"dim > 0 and layers >= 0, got {self}")
+        _require(
+            self.heads > 0 and self.dim % self.heads == 0,
+            f"dim ({self.dim}) must be divisible by heads ({self.heads}); change one of them",
+        )
+        _require(self.ff > 0, f"ff must be positive, got {self.ff}")
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("stem_channels", "specific_channels"):
+            value = tuple(getattr(self, name))
+            _require(
+                len(value) == 2 and all(c > 0 for c in value),
+                f"{name} must be two positive channel counts, got {value}",
+            )
+            object.__setattr__(self, name, value)  # lists from YAML/JSON become tuples
+        _require(
+            0 < self.se_reduction <= self.stem_channels[1],
+            f"se_reduction must be in (0, {self.stem_channels[1]}], got {self.se_reduction}",
+        )
+        _require(self.decoder_channels > 0, f"decoder_channels > 0, got {self.decoder_channels}")
+
+
+@dataclass(frozen=True)
+class CodebookConfig:
+    """Shared codebook E with EMA updates, MM-EMA and dead-code reset (CMG.md 4.2, 4.4, 5)."""
+
+    size: int = 128  # K (CMG.md calls it M)
+    dim: int = 64  # D
+    decay: float = 0.99  # EMA gamma
+    eps: float = 1e-5  # Laplace smoothing epsilon
+    beta: float = 0.25  # commitment: 2 beta own code, beta partner's code (CMG.md 4.3)
+    dead_after: int = 150  # reset a code unused for more than this many training steps
+    donor_within: int = 50  # donors: codes used within this many steps
+    init: str = "data"  # "data": E from encoder outputs, N = 1 (CMG.md 5 #13); "uniform": code
+    fused_update: bool = False  # paper Eq. 7 (one decay, n_c + n_v) instead of the released form
+
+    def __post_init__(self) -> None:
+        _require(self.size >= 2, f"codebook size must be >= 2, got {self.size}")
+        _require(self.dim > 0, f"codebook dim must be positive, got {self.dim}")
+        _require(0.0 < self.decay < 1.0, f"decay must be in (0, 1), got {self.decay}")
+        _require(self.eps > 0.0, f"eps must be positive, got {self.eps}")
+        _require(self.beta >= 0.0, f"beta must be >= 0, got {self.beta}")
+        _require(
+            0 < self.donor_within <= self.dead_after,
+            f"need 0 < donor_within <= dead_after, got {self.donor_within} and {self.dead_after}",
+        )
+        _require(self.init in INIT_MODES, f"init must be one of {INIT_MODES}, got {self.init!r}")
+
+
+@dataclass(frozen=True)
+class CMGConfig:
+    """The whole CMG model. Defaults follow CMG.md section 6 ("Project start")."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    segments: int = 8  # T
+    samples_per_segment: int = 4  # S, current samples per segment at 2 Hz
+    frame_px: int = 64  # camera frames are frame_px x frame_px RGB
+    recon_px: int = 32  # camera reconstruction target size
+    n_classes: int = 6  # detector head outputs; index 0 is "normal"
+    shared_codebook: bool = True  # False: ablation with one codebook per modality
+    mm_ema: bool = True  # multi-modal EMA partner term + cross commitment
+    reset: bool = True  # dead-code reset
+    club: bool = True
+    cpc: bool = True
+    cmcm: bool = True
+    cmcm_weight: float = 0.5
+    align: str = "cpc"  # "cpc" | "infonce" (MICU-style ablation, CMG.md 11)
+    club_width: int = 64  # CLUB q-net width
+    club_steps: int = 5  # q-net Adam steps per batch
+    club_lr: float = 1e-3  # q-net learning rate (the caller builds the optimiser)
+    cpc_self_weight: float = 0.1  # weight of the c->c and v->v CPC terms
+    infonce_temperature: float = 0.1  # MICU-style InfoNCE (CMG.md 11)
+    infonce_mask: float = 0.3  # share of time steps masked in the fine/coarse InfoNCE
+
+    def __post_init__(self) -> None:
+        enc, book = self.encoder, self.codebook
+        _require(
+            isinstance(enc, EncoderConfig) and isinstance(book, CodebookConfig),
+            "encoder and codebook must be EncoderConfig / CodebookConfig (use CMGConfig.from_dict)",
+        )
+        _require(
+            enc.dim == book.dim,
+            f"encoder.dim ({enc.dim}) and codebook.dim ({book.dim}) must be equal",
+        )
+        _require(self.samples_per_segment >= 1, f"samples_per_segment >= 1, got {self}")
+        _require(self.n_classes >= 2, f"n_classes must be >= 2, got {self.n_classes}")
+        _require(
+            self.frame_px >= 16 and self.frame_px % 8 == 0,
+            f"frame_px must be a multiple of 8 and >= 16, got {self.frame_px}",
+        )
+        map_px = self.frame_px // 8
+        ups = self.recon_px // map_px
+        _require(
+            self.recon_px <= self.frame_px
+            and self.recon_px % map_px == 0
+            and ups >= 2
+            and ups & (ups - 1) == 0,
+            f"recon_px ({self.recon_px}) must be frame_px/8 ({map_px}) times a power of two >= 2"
+            f" and <= frame_px ({self.frame_px}); e.g. {min(4 * map_px, self.frame_px)}",
+        )
+        _require(
+            self.align in ALIGN_MODES, f"align must be one of {ALIGN_MODES}, got {self.align!r}"
+        )
+        if self.align == "infonce":
+            # CMG.md 11: the MICU-style model drops Cross-CPC, CMCM and CLUB.
+            for name in ("club", "cpc", "cmcm"):
+                object.__setattr__(self, name, False)
+        _require(
+            not (self.club and not self.cpc),
+            "club=True with cpc=False collapses the codes (CMG.md 10.1, Table 2): "
+            "set cpc=True, or club=False as well",
+        )
+        _require(
+            not self.cpc or self.segments >= 3,
+            f"Cross-CPC needs segments >= 3 (t in 1..T-2), got {self.segments}; "
+            "raise segments or set cpc=False and club=False",
+        )
+        _require(self.segments >= 2, f"segments must be >= 2, got {self.segments}")
+        _require(self.cmcm_weight >= 0.0, f"cmcm_weight >= 0, got {self.cmcm_weight}")
+        _require(self.club_width > 0 and self.club_steps >= 0 and self.club_lr > 0, str(self))
+        _require(self.cpc_self_weight >= 0.0, f"cpc_self_weight >= 0, got {self.cpc_self_weight}")
+        _require(self.infonce_temperature > 0.0, "infonce_temperature must be positive")
+        _require(0.0 <= self.infonce_mask < 1.0, "infonce_mask must be in [0, 1)")
+
+    @property
+    def current_features(self) -> int:
+        """F_c, per-segment current feature size: 3 S raw + 12 stats + 3 relative + 1 (28)."""
+        return 3 * self.samples_per_segment + 16
+
+    @property
+    def map_px(self) -> int:
+        """Side of the camera stems' feature maps (frame_px / 8)."""
+        return self.frame_px // 8
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CMGConfig:
+        """Rebuild from `dataclasses.asdict(cfg)` (e.g. read back from a checkpoint or JSON)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            msg = f"unknown CMGConfig fields {sorted(unknown)}"
+            raise ValueError(msg)
+        kwargs = dict(d)
+        if isinstance(kwargs.get("encoder"), dict):
+            kwargs["encoder"] = EncoderConfig(**kwargs["encoder"])
+        if isinstance(kwargs.get("codebook"), dict):
+            kwargs["codebook"] = CodebookConfig(**kwargs["codebook"])
+        return cls(**kwargs)

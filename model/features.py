@@ -1,0 +1,125 @@
+"""Per-segment input features, computed inside the graph so ONNX takes raw windows (CMG.md 2).
+
+Everything here is plain tensor arithmetic that exports at opset 17 and stays finite for
+all-zero input (a power cut or a black frame).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+CURRENT_SCALE_A = 20000.0  # measurement ceiling (FURNACE.md 2), maps currents to [0, 1]
+MIN_BASELINE_A = 1.0  # baselines at or below this carry no setpoint information
+REL_CLAMP = (-1.0, 4.0)  # (mean - baseline) / baseline is clamped to this range [ours]
+
+
+def current_features(x_c: Tensor, baseline: Tensor) -> Tensor:
+    """Current features f_c (CMG.md 2): 28 per segment for S = 4.
+
+    Layout of the last axis: 3 S raw samples (sample-major, phases A, B, C inner) / 20 000;
+    per-phase mean, std (population), min, max / 20 000 (12); per-phase
+    (mean - baseline) / baseline, 0 where the baseline is <= 1 A and clamped to [-1, 4] (3);
+    imbalance (max - min) / mean of the three phase means, 0 where that mean is <= 1 A (1).
+
+    Args:
+        x_c: (B, T, S, 3) phase currents in A.
+        baseline: (B, 3) per-phase median of the 120 s before the window, in A.
+
+    Returns:
+        (B, T, 3 S + 16) float32 features.
+    """
+    x = x_c.float()
+    B, T, S, P = x.shape
+    raw = x.reshape(B, T, S * P) / CURRENT_SCALE_A  # (B, T, 3S)
+    mean = x.mean(dim=2)  # (B, T, 3)
+    std = (x - mean.unsqueeze(2)).pow(2).mean(dim=2).sqrt()  # (B, T, 3), population std
+    lo = x.amin(dim=2)  # (B, T, 3)
+    hi = x.amax(dim=2)  # (B, T, 3)
+    base = baseline.float().unsqueeze(1)  # (B, 1, 3)
+    rel = (mean - base) / base.clamp(min=MIN_BASELINE_A)  # (B, T, 3)
+    rel = torch.where(base > MIN_BASELINE_A, rel, torch.zeros_like(rel)).clamp(*REL_CLAMP)
+    level = mean.mean(dim=-1, keepdim=True)  # (B, T, 1), mean of the phase means
+    spread = mean.amax(dim=-1, keepdim=True) - mean.amin(dim=-1, keepdim=True)  # (B, T, 1)
+    imbalance = spread / level.clamp(min=MIN_BASELINE_A)
+    imbalance = torch.where(level > MIN_BASELINE_A, imbalance, torch.zeros_like(imbalance))
+    stats = torch.cat([mean, std, lo, hi], dim=-1) / CURRENT_SCALE_A  # (B, T, 12)
+    return torch.cat([raw, stats, rel, imbalance], dim=-1)  # (B, T, 3S + 16)
+
+
+class CameraInput(NamedTuple):
+    """The camera input of CMG.md 2 as two 3-channel halves, plus the raw pixels.
+
+    All three are channels-first views of channels-last buffers (no layout copies).
+    """
+
+    standard: Tensor  # (B, T, 3, H, W) frame_t / 255, standardised per channel
+    diff: Tensor  # (B, T, 3, H, W) (frame_t - frame_{t-1}) / 255, zero for t = 0
+    pixels: Tensor  # (B, T, 3, H, W) frame_t as float in [0, 255]
+
+
+def camera_inputs(x_v: Tensor, mean: Tensor, std: Tensor) -> CameraInput:
+    """Camera input halves (CMG.md 2), computed without interleaving the six channels.
+
+    The temporal residual is taken on the [0, 1] frames, not the standardised ones.
+
+    Args:
+        x_v: (B, T, H, W, 3) uint8 frames (the last frame of each segment).
+        mean: (3,) per-channel mean of training frames on the [0, 1] scale.
+        std: (3,) per-channel standard deviation, same scale.
+
+    Returns:
+        CameraInput(standard, diff, pixels), each (B, T, 3, H, W) float32.
+    """
+    B, T, H, W, C = x_v.shape
+    pixels = x_v.float().reshape(B, T, H, W * C)  # (B, T, H, W*3)
+    # A (W*3,) row broadcasts far faster than a (3,) one: standard = pixels * a + b
+    scale = (1.0 / (255.0 * std)).repeat(W)  # (W*3,)
+    shift = (-mean / std).repeat(W)  # (W*3,)
+    standard = torch.addcmul(shift, pixels, scale)
+    step = (pixels[:, 1:] - pixels[:, :-1]) * (1.0 / 255.0)  # (B, T-1, H, W*3)
+    diff = torch.cat([torch.zeros_like(pixels[:, :1]), step], dim=1)  # (B, T, H, W*3)
+
+    def _channels_first(x: Tensor) -> Tensor:
+        return x.reshape(B, T, H, W, C).permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
+
+    return CameraInput(_channels_first(standard), _channels_first(diff), _channels_first(pixels))
+
+
+def camera_features(x_v: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Camera features (CMG.md 2): standardised frame_t || frame_t - frame_{t-1}.
+
+    The encoders consume `camera_inputs` directly, which is the same tensor split in two
+    halves (the stems apply the two halves of their first conv separately).
+
+    Args:
+        x_v: (B, T, H, W, 3) uint8 frames.
+        mean: (3,) per-channel mean on the [0, 1] scale.
+        std: (3,) per-channel standard deviation, same scale.
+
+    Returns:
+        (B, T, 6, H, W) float32.
+    """
+    cam = camera_inputs(x_v, mean, std)
+    return torch.cat([cam.standard, cam.diff], dim=2)
+
+
+def frame_target(pixels: Tensor, px: int) -> Tensor:
+    """Camera reconstruction target: the current frame, area-downsampled (CMG.md 4.8).
+
+    Args:
+        pixels: (B, T, 3, H, W) frames as floats in [0, 255] (`CameraInput.pixels`);
+            H and W are multiples of px.
+        px: target side (recon_px).
+
+    Returns:
+        (B*T, 3, px, px) float32 on the [0, 1] scale.
+    """
+    B, T, C, H, W = pixels.shape
+    x = pixels.reshape(B * T, C, H, W)  # (B*T, 3, H, W)
+    k = H // px
+    # area average as k*k strided slices: on channels-last input this beats avg_pool2d
+    total = sum(x[:, :, i::k, j::k] for i in range(k) for j in range(k))
+    return total * (1.0 / (255.0 * k * k))  # type: ignore[return-value]

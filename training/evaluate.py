@@ -1,0 +1,160 @@
+"""`furnace evaluate`: every setting of the results table on held-out furnaces and seeds.
+
+Settings (metrics.json names): fused, current_only, camera_only, zero_shot_current_to_camera,
+zero_shot_camera_to_current; `ablation_<what>_<setting>` for ablation runs given alongside;
+`baseline_<what>_<setting>` for the peer baselines, trained here on the run's training data.
+Zero-shot applies the SOURCE modality's threshold unchanged (CMG.md 7.6).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from simulator.config import EVIDENCE
+from training.data import Windows
+from training.metrics import conditions_with_evidence, summarise_setting
+from training.run import MODALITIES, fuse, load_run, window_probs
+from training.splits import SplitData, load_recordings, split_by_furnace, windows_of
+
+logger = logging.getLogger(__name__)
+
+CONDITIONS_BY_SETTING: dict[str, list[str]] = {
+    "fused": conditions_with_evidence([], "none"),  # all six
+    "current_only": conditions_with_evidence(["current"]),
+    "camera_only": conditions_with_evidence(["camera"]),
+    "zero_shot_current_to_camera": conditions_with_evidence(["current", "camera"]),
+    "zero_shot_camera_to_current": conditions_with_evidence(["current", "camera"]),
+}
+
+
+def _setting(
+    name: str,
+    w: Windows,
+    probs: NDArray[np.float64],
+    mask: NDArray[np.bool_],
+    threshold: float,
+    events: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    out = summarise_setting(
+        y_true=w.label[mask],
+        probs=probs[mask],
+        threshold=threshold,
+        conditions=CONDITIONS_BY_SETTING[name],
+        recording=w.recording[mask],
+        t_end=w.t_end[mask],
+        events=events,
+    )
+    out["threshold"] = threshold
+    return out
+
+
+def cmg_settings(run_dir: str | Path, test: Windows, events: dict[str, Any]) -> dict[str, Any]:
+    """The five CMG settings of one run on test windows."""
+    _, model, heads, log = load_run(run_dir)
+    thr = log["thresholds"]
+    both_valid = test.valid_cur & test.valid_cam
+    rows: dict[str, Any] = {}
+    p_both = window_probs(model, heads["both"], test)
+    rows["fused"] = _setting("fused", test, fuse(p_both), both_valid, thr["both"]["fused"], events)
+    for m in MODALITIES:
+        p, valid, _ = window_probs(model, heads[m], test)[m]
+        rows[f"{m}_only"] = _setting(f"{m}_only", test, p, valid, thr[m][m], events)
+    for src, dst in (("current", "camera"), ("camera", "current")):
+        p, valid, _ = window_probs(model, heads[src], test)[dst]
+        name = f"zero_shot_{src}_to_{dst}"
+        row = _setting(name, test, p, valid, thr[src][src], events)
+        # The same conditions scored with the target modality's own supervised head.
+        p_sup, _, _ = window_probs(model, heads[dst], test)[dst]
+        sup = _setting(name, test, p_sup, valid, thr[dst][dst], events)
+        row["supervised_target_macro_f1"] = sup["macro_f1"]
+        row["ratio_to_supervised"] = (
+            row["macro_f1"] / sup["macro_f1"] if sup["macro_f1"] > 0 else float("nan")
+        )
+        rows[name] = row
+    return rows
+
+
+def baseline_settings(
+    data: SplitData, test: Windows, events: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    """Peer baselines trained on the run's training windows, calibrated on its validation."""
+    from training.baselines import fit_gbm, fit_iforest
+    from training.metrics import threshold_for_false_alarm_rate
+
+    rows: dict[str, Any] = {}
+    tr, va = data.train.select(data.train.valid_cur), data.val.select(data.val.valid_cur)
+    valid = test.valid_cur
+    for kind in ("gbm", "iforest"):
+        if kind == "gbm":
+            model = fit_gbm(tr.x_c, tr.baseline, tr.label, seed=seed)
+        else:
+            normal = tr.select(tr.label == 0)
+            model = fit_iforest(normal.x_c, normal.baseline, seed=seed)
+        p_val = model.predict_proba(va.x_c, va.baseline)
+        thr = threshold_for_false_alarm_rate(1.0 - p_val[va.label == 0, 0], 0.01)
+        probs = model.predict_proba(test.x_c, test.baseline)
+        row = _setting("current_only", test, probs, valid, thr, events)
+        if kind == "iforest":  # no condition names: only detection figures are meaningful
+            row["macro_f1"] = row["macro_f1_all"] = float("nan")
+        rows[f"baseline_{kind}_current_only"] = row
+    return rows
+
+
+def evaluate(
+    run_dir: str | Path,
+    test_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    ablations: dict[str, str] | None = None,
+    baselines: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run (plus ablation runs and baselines) and write metrics.json + report.html."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, _, _, log = load_run(run_dir)
+    tc = cfg.train
+    recs = load_recordings(test_dir)
+    train_furnaces = set(log["data"]["furnaces"]["train"]) | set(log["data"]["furnaces"]["val"])
+    overlap = sorted({r.furnace_id or r.name for r in recs} & train_furnaces)
+    if overlap:
+        msg = f"test data share furnaces with training ({overlap}): simulate with another --seed"
+        raise ValueError(msg)
+    test = windows_of(recs, window_s=tc.window_s, hop_s=tc.hop_s, baseline_s=tc.baseline_s)
+    events = {r.name: list(r.events or []) for r in recs}
+    settings = cmg_settings(run_dir, test, events)
+    for what, path in (ablations or {}).items():
+        for name, row in cmg_settings(path, test, events).items():
+            settings[f"ablation_{what}_{name}"] = row
+    if baselines:
+        train_recs = load_recordings(log["data"]["path"])
+        data = split_by_furnace(
+            train_recs,
+            val_fraction=tc.val_fraction,
+            seed=tc.seed,
+            window_s=tc.window_s,
+            hop_s=tc.hop_s,
+            baseline_s=tc.baseline_s,
+        )
+        settings |= baseline_settings(data, test, events, tc.seed)
+        from training.fusion import fusion_settings
+
+        settings |= fusion_settings(data, test, events, seed=tc.seed, progress=progress)
+    metrics = {
+        "run": str(run_dir),
+        "test_data": str(Path(test_dir).resolve()),
+        "test_furnaces": sorted({r.furnace_id or r.name for r in recs}),
+        "evidence": EVIDENCE,
+        "settings": settings,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    from training.eval_report import write_eval_report
+
+    write_eval_report(out, metrics, run_dir=run_dir, test=test, events=events)
+    return metrics

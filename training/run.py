@@ -1,0 +1,246 @@
+"""`furnace train`: pre-train CMG without labels, select a checkpoint and train heads on the
+source modality's labels only, calibrate thresholds, save the run (CMG.md section 7).
+
+A run folder holds `checkpoint.pt` (configs, model and head weights, thresholds, selection
+history) and `train_log.json` (the same minus weights, for people and tools).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from model.cmg import CMG, build_cmg
+from model.heads import DetectorHead
+from numpy.typing import NDArray
+
+from simulator.config import CLASS_NAMES
+from training.config import RunConfig, config_from_dict, config_to_dict
+from training.data import Windows
+from training.metrics import threshold_for_false_alarm_rate
+from training.pretrain import pretrain
+from training.splits import SplitData, load_recordings, paired_mask, split_by_furnace
+from training.train_head import Encoded, encode_windows, predict, train_head
+
+logger = logging.getLogger(__name__)
+SELECT_MAX_WINDOWS = 6000  # labelled training windows per checkpoint during selection
+MODALITIES = ("current", "camera")
+
+
+def source_modalities(label_modality: str) -> tuple[str, ...]:
+    return MODALITIES if label_modality == "both" else (label_modality,)
+
+
+def valid_for(w: Windows, modality: str) -> NDArray[np.bool_]:
+    return w.valid_cur if modality == "current" else w.valid_cam
+
+
+def _subsample(mask: NDArray[np.bool_], n: int, seed: int) -> NDArray[np.int64]:
+    idx = np.flatnonzero(mask)
+    if idx.size <= n:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
+
+
+def _encode_labelled(
+    model: CMG, w: Windows, modalities: tuple[str, ...], limit: int, seed: int
+) -> tuple[torch.Tensor, NDArray[np.int64]]:
+    """Codes of the given modalities' valid windows, stacked, with their labels."""
+    qs, ys = [], []
+    for m in modalities:
+        idx = _subsample(valid_for(w, m), limit, seed)
+        enc = encode_windows(model, w, m, index=idx)
+        qs.append(enc.q)
+        ys.append(w.label[idx])
+    return torch.cat(qs), np.concatenate(ys)
+
+
+def fit_heads(
+    model: CMG, cfg: RunConfig, data: SplitData, *, limit: int | None = None
+) -> tuple[dict[str, DetectorHead], dict[str, dict[str, float]]]:
+    """One head per source choice (current, camera, both) on the frozen model."""
+    tc = cfg.train
+    n = limit or len(data.train)
+    heads, figures = {}, {}
+    for source in ("current", "camera", "both"):
+        mods = source_modalities(source)
+        q_tr, y_tr = _encode_labelled(model, data.train, mods, n, tc.seed)
+        q_va, y_va = _encode_labelled(model, data.val, mods, n, tc.seed + 1)
+        heads[source], figures[source] = train_head(
+            q_tr,
+            y_tr,
+            q_va,
+            y_va,
+            dim=cfg.cmg.codebook.dim,
+            n_classes=cfg.cmg.n_classes,
+            epochs=tc.head_epochs,
+            lr=tc.head_lr,
+            batch=tc.head_batch,
+            seed=tc.seed,
+        )
+    return heads, figures
+
+
+def select_checkpoint(
+    cfg: RunConfig, data: SplitData, checkpoints: list[tuple[int, dict[str, Any]]]
+) -> tuple[int, list[dict[str, float]]]:
+    """Pick the checkpoint whose head is best on the SOURCE modality's validation split."""
+    tc = cfg.train
+    mods = source_modalities(tc.label_modality)
+    table = []
+    best, best_key = 0, (-1.0, -1.0)
+    model = build_cmg(cfg.cmg)
+    for i, (step, state) in enumerate(checkpoints):
+        model.load_state_dict(state)
+        q_tr, y_tr = _encode_labelled(model, data.train, mods, SELECT_MAX_WINDOWS, tc.seed)
+        q_va, y_va = _encode_labelled(model, data.val, mods, SELECT_MAX_WINDOWS, tc.seed + 1)
+        _, fig = train_head(
+            q_tr,
+            y_tr,
+            q_va,
+            y_va,
+            dim=cfg.cmg.codebook.dim,
+            n_classes=cfg.cmg.n_classes,
+            epochs=max(5, tc.head_epochs // 3),
+            lr=tc.head_lr,
+            batch=tc.head_batch,
+            seed=tc.seed,
+        )
+        au = 0.0 if np.isnan(fig["auroc"]) else fig["auroc"]
+        table.append({"step": float(step), "val_macro_f1": fig["macro_f1"], "val_auroc": au})
+        logger.info("checkpoint step %d: source-val macro-F1 %.3f", step, fig["macro_f1"])
+        if (fig["macro_f1"], au) > best_key:
+            best, best_key = i, (fig["macro_f1"], au)
+    return best, table
+
+
+def window_probs(
+    model: CMG, head: DetectorHead, w: Windows
+) -> dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Encoded]]:
+    """Per modality: probabilities for every window, validity, and the codes."""
+    out = {}
+    for m in MODALITIES:
+        enc = encode_windows(model, w, m)
+        out[m] = (predict(head, enc.q), valid_for(w, m), enc)
+    return out
+
+
+def fuse(
+    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
+) -> NDArray[np.float64]:
+    """Average the modalities' probabilities where each is valid (one valid: that one)."""
+    (pc, vc, _), (pv, vv, _) = probs["current"], probs["camera"]
+    wc, wv = vc.astype(float)[:, None], vv.astype(float)[:, None]
+    total = np.maximum(wc + wv, 1.0)
+    return (pc * wc + pv * wv) / total
+
+
+def calibrate(model: CMG, head: DetectorHead, val: Windows, target_far: float) -> dict[str, float]:
+    """Thresholds on score = 1 - p(normal) for current, camera and fused decisions, each at
+    `target_far` on normal validation windows (nuisances included)."""
+    probs = window_probs(model, head, val)
+    normal = val.label == 0
+    out = {}
+    for m in MODALITIES:
+        p, valid, _ = probs[m]
+        out[m] = threshold_for_false_alarm_rate(1.0 - p[normal & valid, 0], target_far)
+    fused = fuse(probs)
+    both = val.valid_cur & val.valid_cam
+    out["fused"] = threshold_for_false_alarm_rate(1.0 - fused[normal & both, 0], target_far)
+    return out
+
+
+def train_run(
+    data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, progress: bool = True
+) -> Path:
+    """The whole `furnace train` job. Returns the checkpoint path."""
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    recs = load_recordings(data_dir)
+    data = split_by_furnace(
+        recs,
+        val_fraction=tc.val_fraction,
+        seed=tc.seed,
+        window_s=tc.window_s,
+        hop_s=tc.hop_s,
+        baseline_s=tc.baseline_s,
+    )
+    if data.binary:
+        msg = "binary FMF-Benchmark labels: set cmg.n_classes: 2 in the config"
+        if cfg.cmg.n_classes != 2:
+            raise ValueError(msg)
+    stride = int(round(tc.pretrain_hop_s / tc.hop_s))
+    on_grid = (np.round(data.train.t_end / tc.hop_s).astype(np.int64) % max(stride, 1)) == 0
+    pre_train = data.train.select(paired_mask(data.train) & on_grid)
+    pre_val = data.val.select(paired_mask(data.val))
+    logger.info(
+        "windows: %d train (%d paired for pre-training), %d val; furnaces %s",
+        len(data.train),
+        len(pre_train),
+        len(data.val),
+        data.furnaces,
+    )
+    result = pretrain(cfg, pre_train, pre_val, progress=progress)
+    best, selection = select_checkpoint(cfg, data, result.checkpoints)
+    step, state = result.checkpoints[best]
+    model = build_cmg(cfg.cmg)
+    model.load_state_dict(state)
+    model.eval()
+    heads, head_figures = fit_heads(model, cfg, data)
+    # Thresholds of every head, each calibrated on validation normals (the primary head,
+    # `label_modality`, is what the bundle ships).
+    thresholds = {k: calibrate(model, h, data.val, tc.target_far) for k, h in heads.items()}
+    log = {
+        "config": config_to_dict(cfg),
+        "data": {"path": str(Path(data_dir).resolve()), "furnaces": data.furnaces},
+        "windows": {"train": len(data.train), "val": len(data.val), "pretrain": len(pre_train)},
+        "selected_step": step,
+        "selection": selection,
+        "diagnostics": result.history,
+        "heads_val": head_figures,
+        "thresholds": thresholds,
+        "target_far": tc.target_far,
+        "class_names": list(CLASS_NAMES[: cfg.cmg.n_classes]),
+        "pretrain_seconds": result.seconds,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    path = out / "checkpoint.pt"
+    torch.save(
+        {
+            "log": log,
+            "cmg": model.state_dict(),
+            "heads": {k: h.state_dict() for k, h in heads.items()},
+        },
+        path,
+    )
+    (out / "train_log.json").write_text(json.dumps(log, indent=2, default=float))
+    logger.info("saved %s (selected step %d) in %.0f s", path, step, log["total_seconds"])
+    return path
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, CMG, dict[str, DetectorHead], dict[str, Any]]:
+    """Rebuild a saved run: config, frozen model, heads and the training log."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        msg = f"{path} not found: train a run first (furnace train --data DIR --out {run_dir})"
+        raise FileNotFoundError(msg)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(ckpt["log"]["config"])
+    model = build_cmg(cfg.cmg)
+    model.load_state_dict(ckpt["cmg"])
+    model.eval()
+    heads = {}
+    for name, state in ckpt["heads"].items():
+        heads[name] = DetectorHead(dim=cfg.cmg.codebook.dim, n_classes=cfg.cmg.n_classes)
+        heads[name].load_state_dict(state)
+        heads[name].eval()
+    return cfg, model, heads, ckpt["log"]
