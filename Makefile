@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-all lint format demo simulate clean
+.PHONY: install test test-all lint format demo clean results
 
 install: $(BIN)/furnace
 
@@ -37,3 +37,22 @@ demo: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+
+# Reproduce docs/results.md: data, the default run, the ablation runs, the evaluation.
+ABLATIONS := separate_codebooks no_mm_ema no_club no_cpc infonce
+
+data/train/dataset.json: | install
+	$(BIN)/furnace simulate --out data/train --furnaces 40 --minutes 30 --seed 0 --event-free-fraction 0.2
+
+data/test/dataset.json: | install
+	$(BIN)/furnace simulate --out data/test --furnaces 12 --minutes 30 --seed 1 --event-free-fraction 0.2
+
+runs/default/checkpoint.pt: data/train/dataset.json
+	$(BIN)/furnace train --data data/train --out runs/default --config configs/default.yaml
+
+runs/ablation_%/checkpoint.pt: data/train/dataset.json
+	$(BIN)/furnace train --data data/train --out runs/ablation_$* --config configs/ablation_$*.yaml
+
+results: runs/default/checkpoint.pt $(foreach a,$(ABLATIONS),runs/ablation_$(a)/checkpoint.pt) data/test/dataset.json
+	$(BIN)/furnace evaluate --run runs/default --data data/test --out out/eval \
+		$(foreach a,$(ABLATIONS),--ablation $(a)=runs/ablation_$(a))

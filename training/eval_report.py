@@ -17,7 +17,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from simulator.config import CLASS_NAMES  # noqa: E402
 from training.data import Windows  # noqa: E402
-from training.run import MODALITIES, fuse, load_run, window_probs  # noqa: E402
+from training.run import MODALITIES, encode_all, fuse, load_run, window_probs  # noqa: E402
 
 MAIN = (
     "fused",
@@ -97,7 +97,8 @@ def write_eval_report(
     _confusions(settings, out / "confusion.png")
     _per_class(settings, out / "per_class_f1.png")
     _, model, heads, log = load_run(run_dir)
-    probs = {m: window_probs(model, heads[m if m != "fused" else "both"], test) for m in MODALITIES}
+    enc = encode_all(model, test)
+    probs = {m: window_probs(model, heads[m], test, enc) for m in MODALITIES}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     # ROC of abnormal vs normal for the main settings.
     y = test.label != 0
@@ -111,7 +112,7 @@ def write_eval_report(
         if y[valid].any() and (~y[valid]).any():
             fpr, tpr, _ = roc_curve(y[valid], 1.0 - p[valid, 0])
             axes[0].plot(fpr, tpr, label=name, lw=1)
-    fused = fuse(window_probs(model, heads["both"], test))
+    fused = fuse(window_probs(model, heads["both"], test, enc))
     both = test.valid_cur & test.valid_cam
     if y[both].any():
         fpr, tpr, _ = roc_curve(y[both], 1.0 - fused[both, 0])
@@ -142,10 +143,10 @@ def write_eval_report(
     rng = np.random.default_rng(0)
     pts, cls, mod = [], [], []
     for m in MODALITIES:
-        p, valid, enc = probs["current"][m]
+        _, valid, encoded_m = probs["current"][m]
         idx = np.flatnonzero(valid)
         idx = rng.choice(idx, size=min(1500, idx.size), replace=False) if idx.size else idx
-        pts.append(enc.q[idx].mean(1).numpy())
+        pts.append(encoded_m.q[idx].mean(1).numpy())
         cls.append(test.label[idx])
         mod += [m] * idx.size
     x = np.concatenate(pts)

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from simulator.config import EVIDENCE
 from training.data import Windows
 from training.metrics import conditions_with_evidence, summarise_setting
-from training.run import MODALITIES, fuse, load_run, window_probs
+from training.run import MODALITIES, encode_all, fuse, load_run, window_probs
 from training.splits import SplitData, load_recordings, split_by_furnace, windows_of
 
 logger = logging.getLogger(__name__)
@@ -60,17 +60,18 @@ def cmg_settings(run_dir: str | Path, test: Windows, events: dict[str, Any]) -> 
     thr = log["thresholds"]
     both_valid = test.valid_cur & test.valid_cam
     rows: dict[str, Any] = {}
-    p_both = window_probs(model, heads["both"], test)
+    enc = encode_all(model, test)
+    p_both = window_probs(model, heads["both"], test, enc)
     rows["fused"] = _setting("fused", test, fuse(p_both), both_valid, thr["both"]["fused"], events)
     for m in MODALITIES:
-        p, valid, _ = window_probs(model, heads[m], test)[m]
+        p, valid, _ = window_probs(model, heads[m], test, enc)[m]
         rows[f"{m}_only"] = _setting(f"{m}_only", test, p, valid, thr[m][m], events)
     for src, dst in (("current", "camera"), ("camera", "current")):
-        p, valid, _ = window_probs(model, heads[src], test)[dst]
+        p, valid, _ = window_probs(model, heads[src], test, enc)[dst]
         name = f"zero_shot_{src}_to_{dst}"
         row = _setting(name, test, p, valid, thr[src][src], events)
         # The same conditions scored with the target modality's own supervised head.
-        p_sup, _, _ = window_probs(model, heads[dst], test)[dst]
+        p_sup, _, _ = window_probs(model, heads[dst], test, enc)[dst]
         sup = _setting(name, test, p_sup, valid, thr[dst][dst], events)
         row["supervised_target_macro_f1"] = sup["macro_f1"]
         row["ratio_to_supervised"] = (

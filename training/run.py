@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from model.cmg import CMG, build_cmg
-from model.heads import DetectorHead
 from numpy.typing import NDArray
 
+from model.cmg import CMG, build_cmg
+from model.heads import DetectorHead
 from simulator.config import CLASS_NAMES
 from training.config import RunConfig, config_from_dict, config_to_dict
 from training.data import Windows
@@ -119,15 +119,17 @@ def select_checkpoint(
     return best, table
 
 
+def encode_all(model: CMG, w: Windows) -> dict[str, Encoded]:
+    """Codes of every window in both modalities (encode once, apply many heads)."""
+    return {m: encode_windows(model, w, m) for m in MODALITIES}
+
+
 def window_probs(
-    model: CMG, head: DetectorHead, w: Windows
+    model: CMG, head: DetectorHead, w: Windows, encoded: dict[str, Encoded] | None = None
 ) -> dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Encoded]]:
     """Per modality: probabilities for every window, validity, and the codes."""
-    out = {}
-    for m in MODALITIES:
-        enc = encode_windows(model, w, m)
-        out[m] = (predict(head, enc.q), valid_for(w, m), enc)
-    return out
+    enc = encoded if encoded is not None else encode_all(model, w)
+    return {m: (predict(head, enc[m].q), valid_for(w, m), enc[m]) for m in MODALITIES}
 
 
 def fuse(

@@ -1,0 +1,106 @@
+"""A tiny CMG run end to end on easy simulated data: train, select, calibrate, save, reload,
+score; same seed -> same result. (Quality is measured by `furnace evaluate`, docs/results.md.)"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import CMGConfig, CodebookConfig, EncoderConfig
+from simulator.config import SimConfig
+from simulator.dataset import RunSpec, generate
+from training.config import RunConfig, TrainConfig
+from training.fmf_write import write_fmf
+from training.run import load_run, train_run, window_probs
+from training.splits import load_recordings, windows_of
+
+# Easy data: a hot spot (camera) that also moves the current strongly, so the condition is
+# visible in both modalities and a shared code can carry it across.
+EASY = SimConfig(
+    minutes=8.0,
+    event_free_fraction=0.25,
+    max_events=1,
+    condition="semi_molten",
+    evidence_gain=(("semi_molten", "current", 6.0),),
+    faults=False,
+)
+
+
+def tiny_config(seed: int = 0) -> RunConfig:
+    cmg = CMGConfig(
+        encoder=EncoderConfig(dim=16, layers=1, heads=2, ff=32),
+        codebook=CodebookConfig(size=16, dim=16, dead_after=60, donor_within=20),
+    )
+    train = TrainConfig(
+        seed=seed,
+        steps=60,
+        batch=24,
+        checkpoint_every=30,
+        head_epochs=4,
+        val_fraction=0.25,
+        threads=2,
+    )
+    return RunConfig(cmg=cmg, train=train)
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("easy")
+    out = {}
+    for name, seed, furnaces in (("train", 40, 6), ("test", 41, 2)):
+        spec = RunSpec(seed=seed, furnaces=furnaces, config=EASY)
+        write_fmf(generate(spec), root / name, progress=False)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(easy_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    train_run(easy_data["train"], run, tiny_config(), progress=False)
+    return run
+
+
+def test_tiny_run_trains_end_to_end(tiny_run: Path, easy_data: dict[str, Path]) -> None:
+    log = json.loads((tiny_run / "train_log.json").read_text())
+    assert [row["step"] for row in log["selection"]] == [30.0, 60.0]
+    assert log["selected_step"] in (30, 60)
+    for key in (
+        "perplexity_c",
+        "perplexity_v",
+        "step_agreement",
+        "cpc_acc_c2v",
+        "shared_code_fraction",
+    ):
+        assert key in log["diagnostics"][-1]
+    assert set(log["thresholds"]) == {"current", "camera", "both"}
+    for thresholds in log["thresholds"].values():
+        assert all(0.0 <= t <= 1.0 for t in thresholds.values())
+    _, model, heads, _ = load_run(tiny_run)
+    recs = load_recordings(easy_data["test"])
+    test = windows_of(recs, window_s=16.0, hop_s=4.0, baseline_s=120.0)
+    probs = window_probs(model, heads["current"], test)
+    _, model2, heads2, _ = load_run(tiny_run)
+    again = window_probs(model2, heads2["current"], test)
+    for m in ("current", "camera"):
+        p, valid, enc = probs[m]
+        assert valid.any()
+        assert np.allclose(p.sum(1), 1.0, atol=1e-5)
+        assert enc.codes.min() >= 0 and enc.codes.max() < 16
+        assert np.array_equal(p, again[m][0])  # a reloaded run scores identically
+
+
+def test_same_seed_same_run(easy_data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_config(seed=3)
+    cfg = replace(cfg, train=replace(cfg.train, steps=10, checkpoint_every=10, head_epochs=2))
+    a = torch.load(train_run(easy_data["train"], tmp_path / "a", cfg, progress=False))
+    b = torch.load(train_run(easy_data["train"], tmp_path / "b", cfg, progress=False))
+    for key, value in a["cmg"].items():
+        assert torch.equal(value, b["cmg"][key]), key
+    assert a["log"]["thresholds"] == b["log"]["thresholds"]
+    assert np.isfinite(a["log"]["thresholds"]["current"]["current"])
