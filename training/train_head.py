@@ -9,11 +9,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from model.cmg import CMG
-from model.heads import DetectorHead
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from model.cmg import CMG
+from model.heads import DetectorHead
 from simulator.config import CLASS_NAMES
 from training.data import Windows
 from training.metrics import auroc, macro_f1
