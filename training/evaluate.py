@@ -19,8 +19,8 @@ from numpy.typing import NDArray
 from simulator.config import EVIDENCE
 from training.data import Windows
 from training.metrics import conditions_with_evidence, summarise_setting
-from training.run import MODALITIES, encode_all, fuse, load_run, window_probs
-from training.splits import SplitData, load_recordings, split_by_furnace, windows_of
+from training.run import MODALITIES, encode_all, fuse, load_run, split_for, window_probs
+from training.splits import SplitData, load_recordings, windows_of
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,7 @@ def evaluate(
         for name, row in cmg_settings(path, test, events).items():
             settings[f"ablation_{what}_{name}"] = row
     if baselines:
-        train_recs = load_recordings(log["data"]["path"])
-        data = split_by_furnace(
-            train_recs,
-            val_fraction=tc.val_fraction,
-            seed=tc.seed,
-            window_s=tc.window_s,
-            hop_s=tc.hop_s,
-            baseline_s=tc.baseline_s,
-        )
+        data = split_for(cfg, load_recordings(log["data"]["path"]))
         settings |= baseline_settings(data, test, events, tc.seed)
         from training.fusion import fusion_settings
 

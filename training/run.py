@@ -60,29 +60,49 @@ def _encode_labelled(
     return torch.cat(qs), np.concatenate(ys)
 
 
+def _fit_head(
+    model: CMG, cfg: RunConfig, data: SplitData, mods: tuple[str, ...], limit: int, epochs: int
+) -> tuple[DetectorHead, dict[str, float]]:
+    """A head on the given modalities' codes, best epoch on their validation windows."""
+    tc = cfg.train
+    q_tr, y_tr = _encode_labelled(model, data.train, mods, limit, tc.seed)
+    q_va, y_va = _encode_labelled(model, data.val, mods, limit, tc.seed + 1)
+    return train_head(
+        q_tr,
+        y_tr,
+        q_va,
+        y_va,
+        dim=cfg.cmg.codebook.dim,
+        n_classes=cfg.cmg.n_classes,
+        epochs=epochs,
+        lr=tc.head_lr,
+        batch=tc.head_batch,
+        seed=tc.seed,
+    )
+
+
+def split_for(cfg: RunConfig, recs: list[Any]) -> SplitData:
+    """The run's train / validation split of a dataset (the same for training and baselines)."""
+    tc = cfg.train
+    return split_by_furnace(
+        recs,
+        val_fraction=tc.val_fraction,
+        seed=tc.seed,
+        window_s=tc.window_s,
+        hop_s=tc.hop_s,
+        baseline_s=tc.baseline_s,
+    )
+
+
 def fit_heads(
     model: CMG, cfg: RunConfig, data: SplitData, *, limit: int | None = None
 ) -> tuple[dict[str, DetectorHead], dict[str, dict[str, float]]]:
     """One head per source choice (current, camera, both) on the frozen model."""
-    tc = cfg.train
     n = limit or len(data.train)
     heads, figures = {}, {}
     for source in ("current", "camera", "both"):
         mods = source_modalities(source)
-        q_tr, y_tr = _encode_labelled(model, data.train, mods, n, tc.seed)
-        q_va, y_va = _encode_labelled(model, data.val, mods, n, tc.seed + 1)
-        heads[source], figures[source] = train_head(
-            q_tr,
-            y_tr,
-            q_va,
-            y_va,
-            dim=cfg.cmg.codebook.dim,
-            n_classes=cfg.cmg.n_classes,
-            epochs=tc.head_epochs,
-            lr=tc.head_lr,
-            batch=tc.head_batch,
-            seed=tc.seed,
-        )
+        heads[source], figures[source] = _fit_head(model, cfg, data, mods, n, cfg.train.head_epochs)
     return heads, figures
 
 
@@ -97,20 +117,8 @@ def select_checkpoint(
     model = build_cmg(cfg.cmg)
     for i, (step, state) in enumerate(checkpoints):
         model.load_state_dict(state)
-        q_tr, y_tr = _encode_labelled(model, data.train, mods, SELECT_MAX_WINDOWS, tc.seed)
-        q_va, y_va = _encode_labelled(model, data.val, mods, SELECT_MAX_WINDOWS, tc.seed + 1)
-        _, fig = train_head(
-            q_tr,
-            y_tr,
-            q_va,
-            y_va,
-            dim=cfg.cmg.codebook.dim,
-            n_classes=cfg.cmg.n_classes,
-            epochs=max(5, tc.head_epochs // 3),
-            lr=tc.head_lr,
-            batch=tc.head_batch,
-            seed=tc.seed,
-        )
+        epochs = max(5, tc.head_epochs // 3)
+        _, fig = _fit_head(model, cfg, data, mods, SELECT_MAX_WINDOWS, epochs)
         au = 0.0 if np.isnan(fig["auroc"]) else fig["auroc"]
         table.append({"step": float(step), "val_macro_f1": fig["macro_f1"], "val_auroc": au})
         logger.info("checkpoint step %d: source-val macro-F1 %.3f", step, fig["macro_f1"])
@@ -167,15 +175,7 @@ def train_run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    recs = load_recordings(data_dir)
-    data = split_by_furnace(
-        recs,
-        val_fraction=tc.val_fraction,
-        seed=tc.seed,
-        window_s=tc.window_s,
-        hop_s=tc.hop_s,
-        baseline_s=tc.baseline_s,
-    )
+    data = split_for(cfg, load_recordings(data_dir))
     if data.binary:
         msg = "binary FMF-Benchmark labels: set cmg.n_classes: 2 in the config"
         if cfg.cmg.n_classes != 2:
