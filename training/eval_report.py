@@ -17,7 +17,8 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from simulator.config import CLASS_NAMES  # noqa: E402
 from training.data import Windows  # noqa: E402
-from training.run import MODALITIES, encode_all, fuse, load_run, window_probs  # noqa: E402
+from training.run import MODALITIES, fuse, window_probs  # noqa: E402
+from training.train_head import Encoded  # noqa: E402
 
 MAIN = (
     "fused",
@@ -88,16 +89,18 @@ def write_eval_report(
     out: Path,
     metrics: dict[str, Any],
     *,
+    run: tuple[Any, ...],
     run_dir: str | Path,
     test: Windows,
-    events: dict[str, Any],
+    encoded: dict[str, Encoded],
 ) -> Path:
-    """Write `out/report.html` and its PNGs from metrics and the run's outputs on `test`."""
+    """Write `out/report.html` and its PNGs from metrics and a loaded run (`load_run`) with
+    its codes of the test windows (`encode_all`)."""
     settings = metrics["settings"]
     _confusions(settings, out / "confusion.png")
     _per_class(settings, out / "per_class_f1.png")
-    _, model, heads, log = load_run(run_dir)
-    enc = encode_all(model, test)
+    _, model, heads, log = run
+    enc = encoded
     probs = {m: window_probs(model, heads[m], test, enc) for m in MODALITIES}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     # ROC of abnormal vs normal for the main settings.
@@ -176,7 +179,6 @@ def write_eval_report(
     fig.tight_layout()
     fig.savefig(out / "roc_codes.png", dpi=90)
     plt.close(fig)
-    del events
     rows = _table(settings)
     source = log["config"]["train"]["label_modality"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>furnace-sentinel

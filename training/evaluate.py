@@ -21,6 +21,7 @@ from training.data import Windows
 from training.metrics import conditions_with_evidence, summarise_setting
 from training.run import MODALITIES, encode_all, fuse, load_run, split_for, window_probs
 from training.splits import SplitData, load_recordings, windows_of
+from training.train_head import Encoded
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,14 @@ def _setting(
     return out
 
 
-def cmg_settings(run_dir: str | Path, test: Windows, events: dict[str, Any]) -> dict[str, Any]:
-    """The five CMG settings of one run on test windows."""
-    _, model, heads, log = load_run(run_dir)
+def cmg_settings(
+    run: tuple[Any, ...], test: Windows, events: dict[str, Any], enc: dict[str, Encoded]
+) -> dict[str, Any]:
+    """The five CMG settings of one loaded run (`load_run`) on test windows and their codes."""
+    _, model, heads, log = run
     thr = log["thresholds"]
     both_valid = test.valid_cur & test.valid_cam
     rows: dict[str, Any] = {}
-    enc = encode_all(model, test)
     p_both = window_probs(model, heads["both"], test, enc)
     rows["fused"] = _setting("fused", test, fuse(p_both), both_valid, thr["both"]["fused"], events)
     for m in MODALITIES:
@@ -82,7 +84,7 @@ def cmg_settings(run_dir: str | Path, test: Windows, events: dict[str, Any]) -> 
 
 
 def baseline_settings(
-    data: SplitData, test: Windows, events: dict[str, Any], seed: int
+    data: SplitData, test: Windows, events: dict[str, Any], seed: int, target_far: float
 ) -> dict[str, Any]:
     """Peer baselines trained on the run's training windows, calibrated on its validation."""
     from training.baselines import fit_gbm, fit_iforest
@@ -98,7 +100,7 @@ def baseline_settings(
             normal = tr.select(tr.label == 0)
             model = fit_iforest(normal.x_c, normal.baseline, seed=seed)
         p_val = model.predict_proba(va.x_c, va.baseline)
-        thr = threshold_for_false_alarm_rate(1.0 - p_val[va.label == 0, 0], 0.01)
+        thr = threshold_for_false_alarm_rate(1.0 - p_val[va.label == 0, 0], target_far)
         probs = model.predict_proba(test.x_c, test.baseline)
         row = _setting("current_only", test, probs, valid, thr, events)
         if kind == "iforest":  # no condition names: only detection figures are meaningful
@@ -119,7 +121,8 @@ def evaluate(
     """Evaluate a run (plus ablation runs and baselines) and write metrics.json + report.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg, _, _, log = load_run(run_dir)
+    run = load_run(run_dir)
+    cfg, model, _, log = run
     tc = cfg.train
     recs = load_recordings(test_dir)
     train_furnaces = set(log["data"]["furnaces"]["train"]) | set(log["data"]["furnaces"]["val"])
@@ -129,16 +132,21 @@ def evaluate(
         raise ValueError(msg)
     test = windows_of(recs, window_s=tc.window_s, hop_s=tc.hop_s, baseline_s=tc.baseline_s)
     events = {r.name: list(r.events or []) for r in recs}
-    settings = cmg_settings(run_dir, test, events)
+    enc = encode_all(model, test)
+    settings = cmg_settings(run, test, events, enc)
     for what, path in (ablations or {}).items():
-        for name, row in cmg_settings(path, test, events).items():
+        ablation = load_run(path)
+        ablation_codes = encode_all(ablation[1], test)
+        for name, row in cmg_settings(ablation, test, events, ablation_codes).items():
             settings[f"ablation_{what}_{name}"] = row
     if baselines:
         data = split_for(cfg, load_recordings(log["data"]["path"]))
-        settings |= baseline_settings(data, test, events, tc.seed)
+        settings |= baseline_settings(data, test, events, tc.seed, tc.target_far)
         from training.fusion import fusion_settings
 
-        settings |= fusion_settings(data, test, events, seed=tc.seed, progress=progress)
+        settings |= fusion_settings(
+            data, test, events, seed=tc.seed, target_far=tc.target_far, progress=progress
+        )
     metrics = {
         "run": str(run_dir),
         "test_data": str(Path(test_dir).resolve()),
@@ -149,5 +157,5 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     from training.eval_report import write_eval_report
 
-    write_eval_report(out, metrics, run_dir=run_dir, test=test, events=events)
+    write_eval_report(out, metrics, run=run, run_dir=run_dir, test=test, encoded=enc)
     return metrics

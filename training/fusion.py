@@ -80,12 +80,13 @@ def train_fusion(
     steps: int = 1500,
     batch: int = 64,
     seed: int = 0,
+    target_far: float = 0.01,
     progress: bool = True,
 ) -> tuple[TwoStreamFusion, float]:
     """Train on windows with both modalities valid; keep the best validation checkpoint.
 
     Returns:
-        The model and its threshold at 1 % false alarms on normal validation windows.
+        The model and its threshold at `target_far` false alarms on normal validation windows.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -114,17 +115,25 @@ def train_fusion(
                 best, best_state = f1, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     p = _probs(model, val, va)
-    thr = threshold_for_false_alarm_rate(1.0 - p[val.label[va] == 0, 0], 0.01)
+    thr = threshold_for_false_alarm_rate(1.0 - p[val.label[va] == 0, 0], target_far)
     return model, thr
 
 
 def fusion_settings(
-    data: Any, test: Windows, events: dict[str, Any], *, seed: int, progress: bool
+    data: Any,
+    test: Windows,
+    events: dict[str, Any],
+    *,
+    seed: int,
+    target_far: float,
+    progress: bool,
 ) -> dict[str, Any]:
     """`baseline_fusion_fused`: the two-stream model on test windows with both modalities."""
     from training.evaluate import _setting
 
-    model, thr = train_fusion(data.train, data.val, seed=seed, progress=progress)
+    model, thr = train_fusion(
+        data.train, data.val, seed=seed, target_far=target_far, progress=progress
+    )
     valid = test.valid_cur & test.valid_cam
     probs = np.zeros((len(test), len(CLASS_NAMES)))
     idx = np.flatnonzero(valid)

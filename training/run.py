@@ -48,25 +48,40 @@ def _subsample(mask: NDArray[np.bool_], n: int, seed: int) -> NDArray[np.int64]:
 
 
 def _encode_labelled(
-    model: CMG, w: Windows, modalities: tuple[str, ...], limit: int, seed: int
+    model: CMG,
+    w: Windows,
+    modalities: tuple[str, ...],
+    limit: int,
+    seed: int,
+    cache: dict[tuple[int, str], tuple[torch.Tensor, NDArray[np.int64]]] | None = None,
 ) -> tuple[torch.Tensor, NDArray[np.int64]]:
-    """Codes of the given modalities' valid windows, stacked, with their labels."""
-    qs, ys = [], []
+    """Codes of the given modalities' valid windows, stacked, with their labels.
+
+    `cache` keeps each modality's encoding of `w` so that several heads (current, camera,
+    both) share one encoder pass; the subsample depends only on (w, modality, limit, seed).
+    """
+    cache = {} if cache is None else cache
     for m in modalities:
-        idx = _subsample(valid_for(w, m), limit, seed)
-        enc = encode_windows(model, w, m, index=idx)
-        qs.append(enc.q)
-        ys.append(w.label[idx])
-    return torch.cat(qs), np.concatenate(ys)
+        if (id(w), m) not in cache:
+            idx = _subsample(valid_for(w, m), limit, seed)
+            cache[id(w), m] = (encode_windows(model, w, m, index=idx).q, w.label[idx])
+    parts = [cache[id(w), m] for m in modalities]
+    return torch.cat([q for q, _ in parts]), np.concatenate([y for _, y in parts])
 
 
 def _fit_head(
-    model: CMG, cfg: RunConfig, data: SplitData, mods: tuple[str, ...], limit: int, epochs: int
+    model: CMG,
+    cfg: RunConfig,
+    data: SplitData,
+    mods: tuple[str, ...],
+    limit: int,
+    epochs: int,
+    cache: dict[tuple[int, str], tuple[torch.Tensor, NDArray[np.int64]]] | None = None,
 ) -> tuple[DetectorHead, dict[str, float]]:
     """A head on the given modalities' codes, best epoch on their validation windows."""
     tc = cfg.train
-    q_tr, y_tr = _encode_labelled(model, data.train, mods, limit, tc.seed)
-    q_va, y_va = _encode_labelled(model, data.val, mods, limit, tc.seed + 1)
+    q_tr, y_tr = _encode_labelled(model, data.train, mods, limit, tc.seed, cache)
+    q_va, y_va = _encode_labelled(model, data.val, mods, limit, tc.seed + 1, cache)
     return train_head(
         q_tr,
         y_tr,
@@ -100,9 +115,12 @@ def fit_heads(
     """One head per source choice (current, camera, both) on the frozen model."""
     n = limit or len(data.train)
     heads, figures = {}, {}
+    cache: dict[tuple[int, str], tuple[torch.Tensor, NDArray[np.int64]]] = {}
     for source in ("current", "camera", "both"):
         mods = source_modalities(source)
-        heads[source], figures[source] = _fit_head(model, cfg, data, mods, n, cfg.train.head_epochs)
+        heads[source], figures[source] = _fit_head(
+            model, cfg, data, mods, n, cfg.train.head_epochs, cache
+        )
     return heads, figures
 
 
@@ -150,10 +168,16 @@ def fuse(
     return (pc * wc + pv * wv) / total
 
 
-def calibrate(model: CMG, head: DetectorHead, val: Windows, target_far: float) -> dict[str, float]:
+def calibrate(
+    model: CMG,
+    head: DetectorHead,
+    val: Windows,
+    target_far: float,
+    encoded: dict[str, Encoded] | None = None,
+) -> dict[str, float]:
     """Thresholds on score = 1 - p(normal) for current, camera and fused decisions, each at
     `target_far` on normal validation windows (nuisances included)."""
-    probs = window_probs(model, head, val)
+    probs = window_probs(model, head, val, encoded)
     normal = val.label == 0
     out = {}
     for m in MODALITIES:
@@ -200,7 +224,10 @@ def train_run(
     heads, head_figures = fit_heads(model, cfg, data)
     # Thresholds of every head, each calibrated on validation normals (the primary head,
     # `label_modality`, is what the bundle ships).
-    thresholds = {k: calibrate(model, h, data.val, tc.target_far) for k, h in heads.items()}
+    val_codes = encode_all(model, data.val)
+    thresholds = {
+        k: calibrate(model, h, data.val, tc.target_far, val_codes) for k, h in heads.items()
+    }
     log = {
         "config": config_to_dict(cfg),
         "data": {"path": str(Path(data_dir).resolve()), "furnaces": data.furnaces},
