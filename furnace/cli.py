@@ -144,6 +144,121 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from service.bundle import verify_bundle
+    from training.export import export_bundle
+
+    path = export_bundle(
+        args.run, args.out, data_dir=args.data, head=args.head, metrics_path=args.metrics
+    )
+    manifest = verify_bundle(path.parent)  # the service's own reader must accept it
+    raw = json.loads(path.read_text())
+    size = sum((path.parent / f).stat().st_size for f in manifest.files)
+    print(f"bundle {path.parent}  model_version {manifest.model_version}  {size / 1e6:.2f} MB")
+    for m, fig in raw["parity"].items():
+        print(
+            f"  {m:7s} ORT vs torch on {fig['windows']} held-out windows: codes equal "
+            f"{fig['code_agreement']:.4%}, max |dp| {fig['max_prob_diff']:.1e}"
+        )
+    thr = manifest.thresholds
+    print(
+        f"  head '{manifest.head}', thresholds current {thr.current:.3f} camera {thr.camera:.3f}"
+        f" fused {thr.fused:.3f} (false-alarm rate {thr.target_far:g} on validation normals)"
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+    from dataclasses import replace
+
+    import redis
+    from tqdm import tqdm
+
+    from simulator.replay import Replay
+    from simulator.scenario import load_scenario, random_scenario
+
+    if args.scenario is not None:
+        if args.furnaces is not None or args.minutes is not None:
+            print(
+                "furnace replay: the scenario file sets furnaces and minutes; drop --furnaces "
+                "and --minutes, or drop --scenario",
+                file=sys.stderr,
+            )
+            return 2
+        scenario = load_scenario(args.scenario)
+        if args.seed is not None:
+            scenario = replace(scenario, seed=args.seed)
+    else:
+        scenario = random_scenario(
+            args.furnaces if args.furnaces is not None else 4,
+            minutes=args.minutes if args.minutes is not None else 10.0,
+            seed=args.seed if args.seed is not None else 0,
+            camera_fps=args.camera_fps,
+            faults=not args.no_faults,
+        )
+    url = args.redis_url or os.environ.get("FURNACE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = args.prefix if args.prefix is not None else os.environ.get("FURNACE_KEY_PREFIX", "")
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        print(
+            f"furnace replay: cannot reach Redis at {url} ({exc}); start redis-server or set "
+            "FURNACE_REDIS_URL",
+            file=sys.stderr,
+        )
+        return 2
+    replay = Replay(client, scenario, prefix=prefix, speed=args.speed)
+    speed = "max speed" if replay.fast else f"{args.speed:g}x real time"
+    print(
+        f"replaying {len(scenario.furnaces)} furnaces x {scenario.minutes:g} min into {url} "
+        f"(prefix {prefix!r}) at {speed}; sensor time t0 = {replay.t0:.3f}"
+    )
+    schedule = replay.schedule()
+    for w in schedule:
+        print(
+            f"  {w.furnace_id}: {w.condition} t0+{w.onset_ts - replay.t0:.0f} s to "
+            f"t0+{w.end_ts - replay.t0:.0f} s"
+        )
+    if args.schedule:
+        truth = {
+            "t0": replay.t0,
+            "prefix": prefix,
+            "furnaces": replay.furnace_ids,
+            "conditions": [w._asdict() for w in schedule],
+            "faults": [w._asdict() for w in replay.fault_schedule()],
+        }
+        Path(args.schedule).write_text(json.dumps(truth, indent=2))
+        print(f"ground truth: {args.schedule}")
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop cleanly
+    bar = tqdm(total=round(scenario.duration_s), unit="s", desc="sensor time", leave=True)
+
+    def progress(t_sim: float, _entries: int) -> None:
+        bar.update(max(t_sim - bar.n, 0.0))
+
+    try:
+        stats = replay.run(stop=stop, max_seconds=args.seconds, progress=progress)
+        if stats.reason == "done":
+            bar.update(bar.total - bar.n)  # the last entry is half a sample before the end
+    except redis.RedisError as exc:
+        print(f"furnace replay: Redis failed mid-run ({exc})", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    print(
+        f"{stats.reason}: {stats.total('current')} current and {stats.total('camera')} camera "
+        f"entries, {stats.sim_seconds:.0f} s of sensor time in {stats.wall_seconds:.1f} s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="furnace",
@@ -202,6 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--no-baselines", action="store_true", help="skip the peer baselines")
     ev.set_defaults(func=_evaluate)
+
+    ex = sub.add_parser("export", help="export a run into a verified ONNX model bundle")
+    ex.add_argument("--run", required=True, help="run folder written by furnace train")
+    ex.add_argument("--out", required=True, help="bundle folder, e.g. models/default")
+    ex.add_argument("--data", help="the run's training data (default: the path it recorded)")
+    ex.add_argument("--head", choices=("current", "camera", "both"), help="head to ship")
+    ex.add_argument("--metrics", help="an evaluation's metrics.json to record in the manifest")
+    ex.set_defaults(func=_export)
+
+    rp = sub.add_parser("replay", help="publish simulated furnaces into Redis streams (live)")
+    rp.add_argument("--redis-url", help="default: $FURNACE_REDIS_URL or redis://127.0.0.1:6379/0")
+    rp.add_argument("--prefix", help='key prefix (default: $FURNACE_KEY_PREFIX or "")')
+    rp.add_argument("--scenario", help="TOML scenario (see examples/scenario.toml)")
+    rp.add_argument("--furnaces", type=int, help="random furnaces, without --scenario (4)")
+    rp.add_argument("--minutes", type=float, help="episode length, without --scenario (10)")
+    rp.add_argument("--seed", type=int, help="master seed (default 0, or the scenario's)")
+    rp.add_argument("--camera-fps", type=float, default=2.0, help="random furnaces (default 2)")
+    rp.add_argument("--no-faults", action="store_true", help="random furnaces: no sensor faults")
+    rp.add_argument(
+        "--speed", type=float, default=1.0, help="x real time (default 1; 0: as fast as possible)"
+    )
+    rp.add_argument("--seconds", type=float, help="stop after this many wall-clock seconds")
+    rp.add_argument("--schedule", help="write the ground truth (sensor-time JSON) to this file")
+    rp.set_defaults(func=_replay)
 
     demo = sub.add_parser("demo", help="the end-to-end demo")
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")

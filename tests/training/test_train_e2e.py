@@ -8,62 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from model.config import CMGConfig, CodebookConfig, EncoderConfig
-from simulator.config import SimConfig
-from simulator.dataset import RunSpec, generate
-from training.config import RunConfig, TrainConfig
-from training.fmf_write import write_fmf
+from tests.helpers.tiny_run import tiny_config
 from training.run import load_run, train_run, window_probs
 from training.splits import load_recordings, windows_of
-
-# Easy data: a hot spot (camera) that also moves the current strongly, so the condition is
-# visible in both modalities and a shared code can carry it across.
-EASY = SimConfig(
-    minutes=8.0,
-    event_free_fraction=0.25,
-    max_events=1,
-    condition="semi_molten",
-    evidence_gain=(("semi_molten", "current", 6.0),),
-    faults=False,
-)
-
-
-def tiny_config(seed: int = 0) -> RunConfig:
-    cmg = CMGConfig(
-        encoder=EncoderConfig(dim=16, layers=1, heads=2, ff=32),
-        codebook=CodebookConfig(size=16, dim=16, dead_after=60, donor_within=20),
-    )
-    train = TrainConfig(
-        seed=seed,
-        steps=60,
-        batch=24,
-        checkpoint_every=30,
-        head_epochs=4,
-        val_fraction=0.25,
-        threads=2,
-    )
-    return RunConfig(cmg=cmg, train=train)
-
-
-@pytest.fixture(scope="module")
-def easy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("easy")
-    out = {}
-    for name, seed, furnaces in (("train", 40, 6), ("test", 41, 2)):
-        spec = RunSpec(seed=seed, furnaces=furnaces, config=EASY)
-        write_fmf(generate(spec), root / name, progress=False)
-        out[name] = root / name
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(easy_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    train_run(easy_data["train"], run, tiny_config(), progress=False)
-    return run
 
 
 def test_tiny_run_trains_end_to_end(tiny_run: Path, easy_data: dict[str, Path]) -> None:

@@ -1,0 +1,303 @@
+"""The model bundle format: reader and verifier (ARCHITECTURE.md "Model bundle", SERVING.md 5.5).
+
+A bundle is a folder with `manifest.json`, one ONNX graph per modality and `golden.npz`
+(inputs and reference outputs for a warm-up check). `verify_bundle` parses and validates the
+manifest, checks that every listed file is a plain name inside the folder, that none is
+missing, that no unlisted `.onnx` lies beside them, and that every sha256 matches. Any failure
+raises `BundleError` naming the file and the reason; nothing here touches ONNX Runtime.
+`training/bundle.py` writes this format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.types import MODALITIES, WindowSpec
+
+BUNDLE_FORMAT = "furnace-sentinel-bundle"
+SUPPORTED_VERSIONS = (1,)
+INPUT_NAMES = {"current": ("current_a", "baseline_a"), "camera": ("frames",)}
+OUTPUT_NAMES = ("codes", "quantized", "probs", "score", "segment_scores")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class BundleError(ValueError):
+    """A bundle that must not be served; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    type: str  # ONNX Runtime's type string, e.g. "tensor(float)"
+    shape: tuple[int | None, ...]  # None: the dynamic batch axis
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Score thresholds (score = 1 - p(normal)), each at `target_far` on validation normals."""
+
+    current: float
+    camera: float
+    fused: float
+    target_far: float
+
+    def for_modalities(self, used: tuple[str, ...]) -> float:
+        if len(used) == 2:
+            return self.fused
+        return self.current if used == ("current",) else self.camera
+
+
+@dataclass(frozen=True)
+class Manifest:
+    folder: Path
+    name: str
+    model_version: str
+    format_version: int
+    window: WindowSpec
+    class_names: tuple[str, ...]
+    codebook_size: int
+    code_dim: int
+    head: str
+    graphs: dict[str, GraphSpec]
+    golden: str
+    thresholds: Thresholds
+    code_usage: dict[str, tuple[float, ...]]
+    files: dict[str, str]  # name -> sha256
+    raw: dict[str, Any]  # the whole manifest, for GET /v1/model
+
+    @property
+    def bundle_sha256(self) -> str:
+        """One digest of the whole bundle (the manifest file's own sha256)."""
+        return sha256_file(self.folder / "manifest.json")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Parse and validate `folder/manifest.json` (schema only; no file hashes).
+
+    Raises:
+        BundleError: missing or malformed manifest, unsupported format version, or a field
+            with the wrong type or value.
+    """
+    root = Path(folder)
+    path = root / "manifest.json"
+    if not root.is_dir():
+        msg = f"bundle folder {root} does not exist"
+        raise BundleError(msg)
+    if not path.is_file():
+        msg = f"{path}: missing (a bundle needs manifest.json; export one with `furnace export`)"
+        raise BundleError(msg)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = f"{path}: not valid JSON ({exc})"
+        raise BundleError(msg) from exc
+    if not isinstance(raw, dict):
+        msg = f"{path}: the manifest must be a JSON object"
+        raise BundleError(msg)
+    where = f"{path}"
+    if raw.get("format") != BUNDLE_FORMAT:
+        msg = f"{where}: format is {raw.get('format')!r}, expected {BUNDLE_FORMAT!r}"
+        raise BundleError(msg)
+    version = raw.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        msg = f"{where}: format_version {version!r} is not supported (this service reads "
+        msg += f"{', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade the service or re-export"
+        raise BundleError(msg)
+    return Manifest(
+        folder=root,
+        name=_str(raw, "name", where),
+        model_version=_str(raw, "model_version", where),
+        format_version=int(version),
+        window=_window(_obj(raw, "window", where), where),
+        class_names=_class_names(raw, where),
+        codebook_size=_int(raw, "codebook_size", where),
+        code_dim=_int(raw, "code_dim", where),
+        head=_str(raw, "head", where),
+        graphs=_graphs(_obj(raw, "graphs", where), where),
+        golden=_file_name(_str(raw, "golden", where), where),
+        thresholds=_thresholds(_obj(raw, "thresholds", where), where),
+        code_usage=_usage(raw, where),
+        files=_files(_obj(raw, "files", where), where),
+        raw=raw,
+    )
+
+
+def verify_bundle(folder: str | Path) -> Manifest:
+    """`read_manifest` plus the file checks: listed, present, no extra graphs, hashes match."""
+    manifest = read_manifest(folder)
+    root = manifest.folder
+    needed = {g.file for g in manifest.graphs.values()} | {manifest.golden}
+    unlisted = sorted(needed - set(manifest.files))
+    if unlisted:
+        msg = f"{root}/manifest.json: files {unlisted} are used but have no sha256 in 'files'"
+        raise BundleError(msg)
+    for name, expected in sorted(manifest.files.items()):
+        path = root / name
+        if not path.is_file():
+            msg = f"{path}: listed in the manifest but missing"
+            raise BundleError(msg)
+        actual = sha256_file(path)
+        if actual != expected:
+            msg = (
+                f"{path}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}..."
+            )
+            msg += " (the file was changed or corrupted after export)"
+            raise BundleError(msg)
+    extra = sorted(p.name for p in root.glob("*.onnx") if p.name not in manifest.files)
+    if extra:
+        msg = f"{root}: graphs {extra} are not listed in the manifest; remove them or re-export"
+        raise BundleError(msg)
+    return manifest
+
+
+def _fail(where: str, key: str, what: str) -> BundleError:
+    return BundleError(f"{where}: '{key}' {what}")
+
+
+def _obj(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise _fail(where, key, "must be an object")
+    return value
+
+
+def _str(raw: dict[str, Any], key: str, where: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value:
+        raise _fail(where, key, "must be a non-empty string")
+    return value
+
+
+def _int(raw: dict[str, Any], key: str, where: str) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(where, key, "must be a positive integer")
+    return value
+
+
+def _num(raw: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(where, key, "must be a finite number")
+    if not lo <= float(value) <= hi:
+        raise _fail(where, key, f"must lie in [{lo}, {hi}], got {value}")
+    return float(value)
+
+
+def _file_name(name: str, where: str) -> str:
+    if not _PLAIN_NAME.match(name) or name in (".", ".."):
+        msg = f"{where}: file name {name!r} must be a plain name inside the bundle folder"
+        raise BundleError(msg)
+    return name
+
+
+def _window(raw: dict[str, Any], where: str) -> WindowSpec:
+    w = f"{where} window"
+    spec = WindowSpec(
+        window_seconds=_num(raw, "window_seconds", w, 1e-3, 3600.0),
+        segments=_int(raw, "segments", w),
+        hop_seconds=_num(raw, "hop_seconds", w, 1e-3, 3600.0),
+        rate_hz=_num(raw, "rate_hz", w, 1e-3, 1000.0),
+        baseline_seconds=_num(raw, "baseline_seconds", w, 0.0, 86400.0),
+        frame_px=_int(raw, "frame_px", w),
+        camera_fps=_num(raw, "camera_fps", w, 1e-3, 1000.0),
+    )
+    if abs(spec.samples_per_segment - spec.segment_seconds * spec.rate_hz) > 1e-9:
+        raise _fail(w, "rate_hz", "times the segment length must be a whole number of samples")
+    return spec
+
+
+def _class_names(raw: dict[str, Any], where: str) -> tuple[str, ...]:
+    names = raw.get("class_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise _fail(where, "class_names", "must be a list of at least two strings")
+    if names[0] != "normal":
+        raise _fail(where, "class_names", f"must start with 'normal', got {names[0]!r}")
+    return tuple(names)
+
+
+def _tensor_specs(raw: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list):
+        raise _fail(where, "inputs/outputs", "must be lists")
+    out = []
+    for item in raw:
+        ok = isinstance(item, dict) and isinstance(item.get("name"), str)
+        ok = ok and isinstance(item.get("type"), str) and isinstance(item.get("shape"), list)
+        if not ok:
+            raise _fail(where, "inputs/outputs", "entries need name, type and shape")
+        shape = tuple(d if isinstance(d, int) else None for d in item["shape"])
+        out.append(TensorSpec(item["name"], item["type"], shape))
+    return tuple(out)
+
+
+def _graphs(raw: dict[str, Any], where: str) -> dict[str, GraphSpec]:
+    graphs = {}
+    for m in MODALITIES:
+        g = raw.get(m)
+        if not isinstance(g, dict):
+            raise _fail(where, f"graphs.{m}", "is missing")
+        spec = GraphSpec(
+            file=_file_name(_str(g, "file", where), where),
+            inputs=_tensor_specs(g.get("inputs"), f"{where} graphs.{m}"),
+            outputs=_tensor_specs(g.get("outputs"), f"{where} graphs.{m}"),
+        )
+        names = tuple(t.name for t in spec.inputs)
+        if names != INPUT_NAMES[m]:
+            raise _fail(where, f"graphs.{m}.inputs", f"must be {INPUT_NAMES[m]}, got {names}")
+        outs = tuple(t.name for t in spec.outputs)
+        if outs != OUTPUT_NAMES:
+            raise _fail(where, f"graphs.{m}.outputs", f"must be {OUTPUT_NAMES}, got {outs}")
+        graphs[m] = spec
+    return graphs
+
+
+def _thresholds(raw: dict[str, Any], where: str) -> Thresholds:
+    w = f"{where} thresholds"
+    return Thresholds(
+        current=_num(raw, "current", w, 0.0, 1.0),
+        camera=_num(raw, "camera", w, 0.0, 1.0),
+        fused=_num(raw, "fused", w, 0.0, 1.0),
+        target_far=_num(raw, "target_far", w, 0.0, 1.0),
+    )
+
+
+def _usage(raw: dict[str, Any], where: str) -> dict[str, tuple[float, ...]]:
+    usage = _obj(raw, "code_usage", where)
+    out = {}
+    for m in MODALITIES:
+        hist = usage.get(m)
+        if not isinstance(hist, list) or len(hist) != raw.get("codebook_size"):
+            raise _fail(where, f"code_usage.{m}", "must list one fraction per code")
+        out[m] = tuple(float(v) for v in hist)
+    return out
+
+
+def _files(raw: dict[str, Any], where: str) -> dict[str, str]:
+    out = {}
+    for name, digest in raw.items():
+        _file_name(name, where)
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise _fail(where, f"files.{name}", "must be a sha256 hex digest")
+        out[name] = digest
+    return out

@@ -1,0 +1,243 @@
+"""ONNX Runtime engine: windows -> shared codes -> per-condition probabilities -> a decision.
+
+One `InferenceSession` per modality graph, built from a verified bundle, checked against the
+manifest's input/output names and warmed on the bundle's golden windows before it serves
+(SERVING.md 3.1, 5.5). `run()` is thread-safe and releases the GIL; callers run `score`
+in a worker thread, never on the event loop.
+
+Decision (the same rule `furnace evaluate` scores): probabilities of the usable modalities are
+averaged (one usable: that one alone), score = 1 - p(normal), abnormal when score > the
+threshold calibrated for that modality set (fused, current or camera). The condition is the
+most probable class; when the window is abnormal but `normal` is still the most probable
+class, it is the most probable abnormal class.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from service.bundle import OUTPUT_NAMES, BundleError, Manifest, verify_bundle
+from service.types import MODALITIES, Window
+
+logger = logging.getLogger(__name__)
+
+GOLDEN_PROB_TOL = 1e-3
+GOLDEN_CODE_AGREEMENT = 0.95  # near-ties may flip across CPUs (SERVING.md 3.3)
+
+
+@dataclass(frozen=True)
+class ModalityResult:
+    """One modality's view of a window."""
+
+    codes: list[int]
+    probs: list[float]
+    score: float
+    segment_scores: list[float]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The decision for one window (HTTP response and detections stream share it)."""
+
+    furnace_id: str
+    window_end: float
+    condition: str
+    probabilities: dict[str, float]
+    score: float
+    threshold: float
+    is_abnormal: bool
+    modalities: tuple[str, ...]  # the modalities that decided; () when none was usable
+    health: dict[str, str]
+    per_modality: dict[str, ModalityResult] = field(default_factory=dict)
+    code_agreement: float | None = None
+    model_version: str = ""
+
+    @property
+    def decided_by(self) -> str:
+        """ "both", "current", "camera" or "none"."""
+        if len(self.modalities) == 2:
+            return "both"
+        return self.modalities[0] if self.modalities else "none"
+
+
+def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def choose_providers() -> list[str]:
+    """CUDA when onnxruntime-gpu offers it, else the CPU."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Engine:
+    """A loaded, verified and warmed bundle. Immutable once built; swap the whole object."""
+
+    def __init__(self, folder: str | Path, *, intra_op_threads: int = 1) -> None:
+        self.manifest: Manifest = verify_bundle(folder)
+        self.providers = choose_providers()
+        self.provider = self.providers[0]
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        for m in MODALITIES:
+            path = self.manifest.folder / self.manifest.graphs[m].file
+            try:
+                session = _session(path, intra_op_threads, self.providers)
+            except Exception as exc:  # ORT raises its own types for broken graphs
+                msg = f"{path}: ONNX Runtime cannot load it ({exc})"
+                raise BundleError(msg) from exc
+            self._check_io(m, session, path)
+            self.sessions[m] = session
+        self.bundle_sha256 = self.manifest.bundle_sha256
+        self._warm_up()
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.model_version
+
+    def _check_io(self, modality: str, session: ort.InferenceSession, path: Path) -> None:
+        spec = self.manifest.graphs[modality]
+        got_in = [(i.name, i.type) for i in session.get_inputs()]
+        want_in = [(t.name, t.type) for t in spec.inputs]
+        got_out = [o.name for o in session.get_outputs()]
+        if got_in != want_in or got_out != list(OUTPUT_NAMES):
+            msg = f"{path}: inputs {got_in} / outputs {got_out} differ from the manifest's "
+            msg += f"{want_in} / {list(OUTPUT_NAMES)}"
+            raise BundleError(msg)
+        meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("model_version") != self.manifest.model_version:
+            msg = f"{path}: graph model_version {meta.get('model_version')!r} differs from the "
+            msg += f"manifest's {self.manifest.model_version!r}"
+            raise BundleError(msg)
+
+    def _warm_up(self) -> None:
+        """Run the golden windows and compare with the reference outputs saved at export."""
+        path = self.manifest.folder / self.manifest.golden
+        try:
+            with np.load(path) as golden:
+                data = {k: golden[k] for k in golden.files}
+        except (OSError, ValueError) as exc:
+            msg = f"{path}: cannot read the golden windows ({exc})"
+            raise BundleError(msg) from exc
+        for m, session in self.sessions.items():
+            names = [i.name for i in session.get_inputs()]
+            try:
+                feeds = {n: data[f"{m}/{n}"] for n in names}
+                ref_codes, ref_probs = data[f"{m}/codes"], data[f"{m}/probs"]
+            except KeyError as exc:
+                msg = f"{path}: no golden array {exc} for the {m} graph"
+                raise BundleError(msg) from exc
+            out = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feeds), strict=True))
+            agree = float((out["codes"] == ref_codes).mean())
+            diff = float(np.abs(out["probs"] - ref_probs).max())
+            if agree < GOLDEN_CODE_AGREEMENT or diff > GOLDEN_PROB_TOL:
+                msg = f"{path}: the {m} graph disagrees with its golden outputs (codes "
+                msg += f"{agree:.1%} equal, max probability difference {diff:.2g})"
+                raise BundleError(msg)
+
+    def run(self, modality: str, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """One batched run of a modality's graph; refuses non-finite outputs."""
+        out = self.sessions[modality].run(list(OUTPUT_NAMES), feeds)
+        result = dict(zip(OUTPUT_NAMES, out, strict=True))
+        for name in ("probs", "score", "segment_scores"):
+            if not np.isfinite(result[name]).all():
+                msg = f"the {modality} graph returned non-finite {name}"
+                raise FloatingPointError(msg)
+        return result
+
+    def score(self, windows: list[Window]) -> list[Detection]:
+        """Score windows (any furnaces), one batched run per modality."""
+        per: dict[str, dict[int, ModalityResult]] = {m: {} for m in MODALITIES}
+        cur = [
+            (i, w.current)
+            for i, w in enumerate(windows)
+            if w.current is not None
+            and np.isfinite(w.current.x).all()
+            and np.isfinite(w.current.baseline).all()
+        ]
+        if cur:
+            feeds = {
+                "current_a": np.stack([c.x for _, c in cur]).astype(np.float32),
+                "baseline_a": np.stack([c.baseline for _, c in cur]).astype(np.float32),
+            }
+            per["current"] = self._split([i for i, _ in cur], self.run("current", feeds))
+        cam = [(i, w.camera) for i, w in enumerate(windows) if w.camera is not None]
+        if cam:
+            frames = np.stack([c.frames for _, c in cam]).astype(np.uint8)
+            per["camera"] = self._split([i for i, _ in cam], self.run("camera", {"frames": frames}))
+        return [self._decide(i, w, per) for i, w in enumerate(windows)]
+
+    @staticmethod
+    def _split(index: list[int], out: dict[str, NDArray[Any]]) -> dict[int, ModalityResult]:
+        return {
+            i: ModalityResult(
+                codes=out["codes"][k].astype(int).tolist(),
+                probs=out["probs"][k].astype(float).tolist(),
+                score=float(out["score"][k]),
+                segment_scores=out["segment_scores"][k].astype(float).tolist(),
+            )
+            for k, i in enumerate(index)
+        }
+
+    def _decide(self, i: int, w: Window, per: dict[str, dict[int, ModalityResult]]) -> Detection:
+        names = self.manifest.class_names
+        results = {m: per[m][i] for m in MODALITIES if i in per[m]}
+        used = tuple(m for m in MODALITIES if m in results and w.usable(m))
+        health = {m: w.health(m) for m in MODALITIES}
+        agreement = None
+        if "current" in results and "camera" in results:
+            a, b = results["current"].codes, results["camera"].codes
+            agreement = float(np.mean(np.asarray(a) == np.asarray(b)))
+        if not used:
+            return Detection(
+                furnace_id=w.furnace_id,
+                window_end=w.end,
+                condition="unknown",
+                probabilities={},
+                score=float("nan"),
+                threshold=float("nan"),
+                is_abnormal=False,
+                modalities=(),
+                health=health,
+                per_modality=results,
+                code_agreement=agreement,
+                model_version=self.model_version,
+            )
+        probs = np.mean([results[m].probs for m in used], axis=0)
+        score = float(1.0 - probs[0])
+        threshold = self.manifest.thresholds.for_modalities(used)
+        abnormal = score > threshold
+        top = int(probs.argmax())
+        if abnormal and top == 0:
+            top = 1 + int(probs[1:].argmax())
+        elif not abnormal:
+            top = 0
+        return Detection(
+            furnace_id=w.furnace_id,
+            window_end=w.end,
+            condition=names[top],
+            probabilities={n: float(p) for n, p in zip(names, probs, strict=True)},
+            score=score,
+            threshold=threshold,
+            is_abnormal=bool(abnormal),
+            modalities=used,
+            health=health,
+            per_modality=results,
+            code_agreement=agreement,
+            model_version=self.model_version,
+        )

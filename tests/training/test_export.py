@@ -1,0 +1,74 @@
+"""`training.export`: ONNX graphs with normalisation inside, dynamic batch, ORT == torch on
+held-out windows, a manifest that records what the service needs (SERVING.md 3.3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from model.scorer import ModalityScorer
+from training.export import INPUTS, OUTPUTS, measure_parity, scorer_inputs, torch_outputs
+from training.run import load_run
+from training.splits import load_recordings, windows_of
+
+
+@pytest.fixture(scope="module")
+def held_out(easy_data: dict[str, Path]):  # noqa: ANN201 - training.data.Windows
+    recs = load_recordings(easy_data["test"])  # furnaces the run never saw
+    return windows_of(recs, window_s=16.0, hop_s=4.0, baseline_s=120.0)
+
+
+def test_manifest_records_what_the_service_needs(tiny_bundle: Path, tiny_run: Path) -> None:
+    raw = json.loads((tiny_bundle / "manifest.json").read_text())
+    cfg, _, _, log = load_run(tiny_run)
+    assert raw["format"] == "furnace-sentinel-bundle" and raw["format_version"] == 1
+    assert raw["window"]["segments"] == cfg.cmg.segments and raw["window"]["frame_px"] == 64
+    assert raw["class_names"][0] == "normal" and raw["codebook_size"] == 16
+    assert raw["head"] == cfg.train.label_modality
+    assert raw["thresholds"]["target_far"] == log["target_far"]
+    assert raw["thresholds"]["fused"] == log["thresholds"][raw["head"]]["fused"]
+    for m in ("current", "camera"):
+        assert sum(raw["code_usage"][m]) == pytest.approx(1.0, abs=1e-4)
+        assert [i["name"] for i in raw["graphs"][m]["inputs"]] == list(INPUTS[m])
+        assert raw["graphs"][m]["inputs"][0]["shape"][0] is None  # dynamic batch
+        assert raw["parity"][m]["code_agreement"] >= 0.999
+    assert set(raw["files"]) == {"current.onnx", "camera.onnx", "golden.npz"}
+    assert raw["model_version"].startswith("tiny-")
+
+
+@pytest.mark.parametrize("modality", ["current", "camera"])
+def test_ort_matches_torch_on_held_out_windows(
+    modality: str, tiny_bundle: Path, tiny_run: Path, held_out
+) -> None:
+    _, model, heads, _ = load_run(tiny_run)
+    scorer = ModalityScorer(model, heads["current"], modality)
+    session = ort.InferenceSession(str(tiny_bundle / f"{modality}.onnx"))
+    assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert (
+        meta["model_version"]
+        == json.loads((tiny_bundle / "manifest.json").read_text())["model_version"]
+    )
+    valid = held_out.valid_cur if modality == "current" else held_out.valid_cam
+    index = np.flatnonzero(valid)
+    assert index.size >= 20
+    for B in (1, 2, 7):  # batch is dynamic
+        feeds = scorer_inputs(held_out, modality, index[:B])
+        got = dict(zip(OUTPUTS, session.run(None, feeds), strict=True))
+        ref = torch_outputs(scorer, feeds)
+        assert got["codes"].dtype == np.int64 and got["codes"].shape == ref["codes"].shape
+        np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
+    parity = measure_parity(scorer, session, scorer_inputs(held_out, modality, index))
+    assert parity.code_agreement >= 0.999
+    assert parity.max_prob_diff <= 1e-4 and parity.max_score_diff <= 1e-4
+
+
+def test_export_refuses_an_unknown_head(tiny_run: Path, tmp_path: Path) -> None:
+    from training.export import export_bundle
+
+    with pytest.raises(ValueError, match="head 'nope' not in the run"):
+        export_bundle(tiny_run, tmp_path / "b", head="nope")

@@ -1,0 +1,255 @@
+"""`furnace export`: a trained run -> a verified model bundle the service loads (ARCHITECTURE.md
+"Model bundle", SERVING.md 3.3).
+
+One ONNX graph per modality wraps `model.scorer.ModalityScorer`: raw window in (current in
+amperes with its per-phase baseline, or uint8 64x64 RGB frames), normalisation inside the
+graph, out come the code per segment, the code vectors, per-condition probabilities, the
+anomaly score and per-segment scores. The bundle also holds `golden.npz` (inputs and the torch
+outputs for a few held-out windows, so the service can check a new session before it swaps)
+and `manifest.json` (training/bundle.py).
+
+We export with the TorchScript exporter (`dynamo=False`, opset 17); docs/export.md says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from numpy.typing import NDArray
+
+from model.scorer import ModalityScorer
+from training.bundle import BUNDLE_FORMAT, FORMAT_VERSION, write_manifest
+from training.data import Windows
+from training.run import MODALITIES, load_run, split_for, valid_for
+from training.splits import load_recordings
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("codes", "quantized", "probs", "score", "segment_scores")
+INPUTS = {"current": ("current_a", "baseline_a"), "camera": ("frames",)}
+OPSET = 17
+GOLDEN_WINDOWS = 8  # per modality, from the validation split
+USAGE_WINDOWS = 4000  # per modality, training windows for the code-usage histogram
+
+
+class Parity(NamedTuple):
+    """ONNX Runtime vs torch on the same windows (SERVING.md 3.3)."""
+
+    windows: int
+    code_agreement: float  # fraction of (window, segment) codes equal
+    max_prob_diff: float
+    max_score_diff: float
+
+
+def scorer_inputs(w: Windows, modality: str, index: NDArray[np.int64]) -> dict[str, NDArray[Any]]:
+    """The graph feeds of windows `index`, named as in the bundle."""
+    if modality == "current":
+        return {"current_a": w.x_c[index], "baseline_a": w.baseline[index]}
+    return {"frames": w.camera(index)}
+
+
+def export_onnx(scorer: ModalityScorer, example: dict[str, NDArray[Any]], path: Path) -> None:
+    """Write one modality's graph with a dynamic batch axis (example batch must be >= 2)."""
+    names = list(INPUTS[scorer.modality])
+    if next(iter(example.values())).shape[0] < 2:
+        msg = "export with an example batch of at least 2 so batch stays dynamic"
+        raise ValueError(msg)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation notices
+        torch.onnx.export(
+            scorer,
+            args,
+            str(path),
+            input_names=names,
+            output_names=list(OUTPUTS),
+            dynamic_axes={n: {0: "batch"} for n in [*names, *OUTPUTS]},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+@torch.no_grad()
+def torch_outputs(
+    scorer: ModalityScorer, feeds: dict[str, NDArray[Any]]
+) -> dict[str, NDArray[Any]]:
+    args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in INPUTS[scorer.modality]]
+    out = scorer(*args)
+    return {name: t.numpy() for name, t in zip(OUTPUTS, out, strict=True)}
+
+
+def session_for(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def measure_parity(
+    scorer: ModalityScorer,
+    session: ort.InferenceSession,
+    feeds: dict[str, NDArray[Any]],
+    *,
+    batch: int = 64,
+) -> Parity:
+    """Compare ORT with torch on every window of `feeds`, in batches."""
+    n = next(iter(feeds.values())).shape[0]
+    same = total = 0
+    dp = ds = 0.0
+    for s in range(0, n, batch):
+        part = {k: v[s : s + batch] for k, v in feeds.items()}
+        ref = torch_outputs(scorer, part)
+        got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), part), strict=True))
+        same += int((got["codes"] == ref["codes"]).sum())
+        total += ref["codes"].size
+        dp = max(dp, float(np.abs(got["probs"] - ref["probs"]).max()))
+        ds = max(ds, float(np.abs(got["score"] - ref["score"]).max()))
+    return Parity(n, same / max(total, 1), dp, ds)
+
+
+def code_usage(scorer: ModalityScorer, w: Windows, index: NDArray[np.int64]) -> list[float]:
+    """Fraction of segments on each code over windows `index` (drift reference)."""
+    K = int(scorer.codebook.shape[0])
+    counts = np.zeros(K, np.int64)
+    for s in range(0, index.size, 512):
+        codes = torch_outputs(scorer, scorer_inputs(w, scorer.modality, index[s : s + 512]))
+        counts += np.bincount(codes["codes"].ravel(), minlength=K)
+    return (counts / max(int(counts.sum()), 1)).round(6).tolist()
+
+
+def _pick(mask: NDArray[np.bool_], n: int, seed: int) -> NDArray[np.int64]:
+    idx = np.flatnonzero(mask)
+    if idx.size > n:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
+    return idx
+
+
+def _golden_index(w: Windows, modality: str, n: int) -> NDArray[np.int64]:
+    """Held-out windows for the golden file: normal and abnormal ones when both exist."""
+    valid = valid_for(w, modality)
+    normal = _pick(valid & (w.label == 0), n // 2, 0)
+    abnormal = _pick(valid & (w.label > 0), n - normal.size, 1)
+    return np.sort(np.concatenate([normal, abnormal]))
+
+
+def export_bundle(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    head: str | None = None,
+    metrics_path: str | Path | None = None,
+    name: str | None = None,
+) -> Path:
+    """Export a run into a bundle folder and verify ORT against torch on held-out windows.
+
+    Args:
+        run_dir: the run (`furnace train --out`).
+        out_dir: the bundle folder to write (created; existing bundle files are replaced).
+        data_dir: the training data, for the code-usage histogram and the held-out golden
+            windows (validation furnaces); default: the path the run recorded.
+        head: which head ships (`current`, `camera`, `both`); default: the run's
+            label_modality, the head the run was calibrated and selected for.
+        metrics_path: an evaluation's metrics.json to record in the manifest.
+        name: the bundle name (default: the folder name) that prefixes the model version.
+
+    Returns:
+        The manifest path.
+    """
+    t0 = time.perf_counter()
+    cfg, model, heads, log = load_run(run_dir)
+    head_name = head or cfg.train.label_modality
+    if head_name not in heads:
+        msg = f"head {head_name!r} not in the run (has {sorted(heads)})"
+        raise ValueError(msg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.onnx"):
+        stale.unlink()
+    data_path = Path(data_dir) if data_dir is not None else Path(log["data"]["path"])
+    if not (data_path / "dataset.json").exists() and not any(data_path.glob("*")):
+        msg = f"training data {data_path} not found: pass --data DIR (the run's training data)"
+        raise FileNotFoundError(msg)
+    data = split_for(cfg, load_recordings(data_path))
+
+    scorers = {m: ModalityScorer(model, heads[head_name], m) for m in MODALITIES}
+    golden: dict[str, NDArray[Any]] = {}
+    graphs: dict[str, Any] = {}
+    usage: dict[str, list[float]] = {}
+    parity: dict[str, dict[str, float]] = {}
+    for m, scorer in scorers.items():
+        gidx = _golden_index(data.val, m, GOLDEN_WINDOWS)
+        feeds = scorer_inputs(data.val, m, gidx)
+        path = out / f"{m}.onnx"
+        export_onnx(scorer, feeds, path)
+        session = session_for(path)
+        ref = torch_outputs(scorer, feeds)
+        golden.update({f"{m}/{k}": v for k, v in {**feeds, **ref}.items()})
+        check_idx = _pick(valid_for(data.val, m), 2000, 2)
+        parity[m] = measure_parity(scorer, session, scorer_inputs(data.val, m, check_idx))._asdict()
+        usage[m] = code_usage(scorer, data.train, _pick(valid_for(data.train, m), USAGE_WINDOWS, 3))
+        graphs[m] = {
+            "file": path.name,
+            "inputs": _io_spec(session.get_inputs()),
+            "outputs": _io_spec(session.get_outputs()),
+        }
+        logger.info("%s graph: parity %s", m, parity[m])
+    np.savez_compressed(out / "golden.npz", **golden)
+
+    metrics = json.loads(Path(metrics_path).read_text()) if metrics_path is not None else None
+    tc = cfg.train
+    manifest: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or out.name,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "window": {
+            "window_seconds": tc.window_s,
+            "segments": cfg.cmg.segments,
+            "hop_seconds": tc.hop_s,
+            "rate_hz": 2.0,
+            "baseline_seconds": tc.baseline_s,
+            "frame_px": cfg.cmg.frame_px,
+            "camera_fps": 2.0,
+        },
+        "class_names": log["class_names"],
+        "codebook_size": int(scorers["current"].codebook.shape[0]),
+        "code_dim": int(scorers["current"].codebook.shape[1]),
+        "head": head_name,
+        "graphs": graphs,
+        "golden": "golden.npz",
+        "thresholds": {**log["thresholds"][head_name], "target_far": log["target_far"]},
+        "code_usage": usage,
+        "parity": parity,
+        "metrics": metrics,
+        "training": {
+            "data": log["data"],
+            "windows": log["windows"],
+            "selected_step": log["selected_step"],
+            "config": log["config"],
+            "seconds": log["total_seconds"],
+        },
+    }
+    path = write_manifest(out, manifest, graphs=[g["file"] for g in graphs.values()])
+    logger.info("bundle %s written in %.0f s", out, time.perf_counter() - t0)
+    return path
+
+
+def _io_spec(args: list[Any]) -> list[dict[str, Any]]:
+    """Name, element type and shape (None for the dynamic batch) of graph inputs/outputs."""
+    return [
+        {
+            "name": a.name,
+            "type": a.type,
+            "shape": [d if isinstance(d, int) else None for d in a.shape],
+        }
+        for a in args
+    ]
