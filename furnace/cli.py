@@ -132,21 +132,39 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from training.sim_report import write_report
+    from furnace.demo import run_demo
 
-    out = Path(args.out)
-    print(
-        "furnace demo: simulating every condition and nuisance, and checking the simulated "
-        "current against the production log ..."
+    scenario = Path(args.scenario) if args.scenario else None
+    return run_demo(seconds=args.seconds, speed=args.speed, scenario_path=scenario)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"furnace serve: {problems} (docs/configuration.md)", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=settings.http_concurrency,
+        log_level="info",
     )
-    path = write_report(out, seed=args.seed, progress=True)
-    print(f"\nopen {path} in a browser (statistics table, camera contact sheet, current plots)")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    import json
-
     from service.bundle import verify_bundle
     from training.export import export_bundle
 
@@ -342,9 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--schedule", help="write the ground truth (sensor-time JSON) to this file")
     rp.set_defaults(func=_replay)
 
-    demo = sub.add_parser("demo", help="the end-to-end demo")
-    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    demo.add_argument("--seed", type=int, default=0)
+    serve = sub.add_parser(
+        "serve", help="run the detection service (settings: FURNACE_* environment variables)"
+    )
+    serve.add_argument("--host", help="bind address (default FURNACE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default FURNACE_PORT or 8000)")
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser(
+        "demo", help="simulated furnaces -> Redis -> detection service -> live detections"
+    )
+    demo.add_argument("--seconds", type=float, help="stop after this long (default: scenario end)")
+    demo.add_argument("--speed", type=float, default=8.0, help="x real time (default 8)")
+    demo.add_argument("--scenario", help="scenario TOML (default examples/scenario.toml)")
     demo.set_defaults(func=_demo)
     return parser
 

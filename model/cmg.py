@@ -105,7 +105,12 @@ class CMG(nn.Module):
             )
         self.cpc = CrossCPC(D, cfg.cpc_self_weight) if cfg.cpc else None
         self.club = QNets(D, cfg.club_width, modalities=2) if cfg.club else None  # Q_c, Q_v
-        self.inputs = InputNorm(cfg.current_features)  # standardisation constants [ours]
+        self.inputs = InputNorm(
+            cfg.current_features,
+            rich_current=cfg.current_feature_set == "rich",
+            camera_norm=cfg.camera_norm,
+            camera_diff=cfg.camera_diff,
+        )  # standardisation constants [ours]
 
     # --- public helpers ---------------------------------------------------------------------
     def set_camera_stats(self, mean: Tensor, std: Tensor) -> None:
@@ -173,10 +178,26 @@ class CMG(nn.Module):
         `vectors` is E[codes]; in training mode, when z carries gradient, it is the
         straight-through z + sg(E[codes] - z) instead (same values up to rounding).
         """
-        quant = self._book(modality)[0].quantize(z)
+        quant = self._lookup(modality, z)
         if self.training and z.requires_grad:
             return quant._replace(vectors=z + (quant.vectors - z).detach())
         return quant
+
+    def split_groups(self, z: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T*G, D/G): the sub-vectors product quantisation looks up [ours].
+
+        Segment-major: sub-vector g of segment t is row t*G + g. The identity for G = 1.
+        """
+        G = self.cfg.code_groups
+        return z if G == 1 else z.reshape(z.shape[0], z.shape[1] * G, z.shape[2] // G)
+
+    def _lookup(self, modality: str, z: Tensor) -> Quantized:
+        """Nearest code of each (sub-)vector of z (B, T, D); vectors merged back to (B, T, D).
+
+        Codes and distances are (B, T*G) with code_groups G (segment-major), else (B, T).
+        """
+        quant = self._book(modality)[0].quantize(self.split_groups(z))
+        return quant._replace(vectors=quant.vectors.reshape(z.shape))
 
     @torch.no_grad()
     def init_codebook_from(self, z_c: Tensor, z_v: Tensor) -> None:
@@ -186,6 +207,7 @@ class CMG(nn.Module):
             z_c: (B, T, D) current embeddings; z_v: (B, T, D) camera embeddings. A shared
                 codebook samples from both; separate codebooks from their own modality.
         """
+        z_c, z_v = self.split_groups(z_c), self.split_groups(z_v)
         if self.cfg.shared_codebook:
             self._book("current")[0].init_from(torch.cat([z_c, z_v]).reshape(-1, z_c.shape[-1]))
         else:
@@ -235,8 +257,8 @@ class CMG(nn.Module):
             z_c, z_v = self.phi_c(f_c), self.phi_v(v_in)
             self._maybe_init(z_c, z_v)
             s_c, (_, s_v) = self.psi_c(f_c), self.psi_v(v_in)
-            q_c = self._book("current")[0].quantize(z_c).vectors
-            q_v = self._book("camera")[0].quantize(z_v).vectors
+            q_c = self._lookup("current", z_c).vectors
+            q_v = self._lookup("camera", z_v).vectors
         x, y = torch.stack([q_c, q_v]), torch.stack([s_c, s_v])  # (2, B, T, D)
         return self.club.fit(x, y, optimizer, self.cfg.club_steps)
 
@@ -271,8 +293,8 @@ class CMG(nn.Module):
         B = z_c.shape[0]
 
         # 4.1 quantise against E as it is before this step's update; straight-through.
-        quant_c = self._book("current")[0].quantize(z_c)
-        quant_v = self._book("camera")[0].quantize(z_v)
+        quant_c = self._lookup("current", z_c)  # codes (B, T*G) with code_groups G
+        quant_v = self._lookup("camera", z_v)
         e_c, e_v = quant_c.vectors, quant_v.vectors  # (B, T, D) = E[codes], no gradient
         q_c = z_c + (e_c - z_c).detach()
         q_v = z_v + (e_v - z_v).detach()
@@ -281,9 +303,16 @@ class CMG(nn.Module):
         commit_own = 2 * beta * (F.mse_loss(z_c, e_c) + F.mse_loss(z_v, e_v))
         commit_cross = beta * (F.mse_loss(z_c, e_v) + F.mse_loss(z_v, e_c)) if cfg.mm_ema else zero
 
-        # 4.8 reconstruction
-        rec_c = F.mse_loss(self.dec_c(q_c, s_c), f_c)
-        rec_v = F.mse_loss(self.dec_v(q_v, m_v), frame_target(v_in.pixels, cfg.recon_px))
+        # 4.8 reconstruction; specific_dropout [ours] hides the specific features of some
+        # samples from the decoders, so that the codes must carry what they reconstruct
+        s_dec, m_dec = s_c, m_v
+        if cfg.specific_dropout > 0.0 and self.training:
+            keep = (torch.rand(B, device=z_c.device) >= cfg.specific_dropout).to(s_c.dtype)
+            s_dec = s_c * keep[:, None, None]
+            T = z_c.shape[1]
+            m_dec = m_v * keep.repeat_interleave(T)[:, None, None, None]
+        rec_c = F.mse_loss(self.dec_c(q_c, s_dec), f_c)
+        rec_v = F.mse_loss(self.dec_v(q_v, m_dec), frame_target(v_in.pixels, cfg.recon_px))
 
         # 4.6 CLUB(q_m; s_m), q-nets optionally fitted first on detached pairs
         club_c = club_v = club_nll = zero
@@ -303,7 +332,7 @@ class CMG(nn.Module):
             book_c, book_v = self.codebook_for("current"), self.codebook_for("camera")
             snap_c = book_c.clone()
             snap_v = snap_c if cfg.shared_codebook else book_v.clone()
-            cmcm = cmcm_loss(z_c, z_v, snap_c, snap_v)
+            cmcm = cmcm_loss(self.split_groups(z_c), self.split_groups(z_v), snap_c, snap_v)
 
         # CMG.md 11: MICU-style fine + coarse InfoNCE
         fine = coarse = zero
@@ -367,7 +396,9 @@ class CMG(nn.Module):
             partner_c, partner_v = _cross_attention(a_c, a_v), _cross_attention(a_v, a_c)
         else:
             partner_c, partner_v = a_v, a_c  # as released: the time-aligned partner
-        upd_c, upd_v = EMAUpdate(i_c, a_c, partner_c), EMAUpdate(i_v, a_v, partner_v)
+        sp = self.split_groups  # product quantisation: pair sub-vectors at the same (b, t, g)
+        upd_c = EMAUpdate(i_c, sp(a_c), sp(partner_c))
+        upd_v = EMAUpdate(i_v, sp(a_v), sp(partner_v))
         book_c, row_c = self._book("current")
         book_v, row_v = self._book("camera")
         if cfg.shared_codebook:

@@ -11,6 +11,12 @@ from typing import Any
 
 ALIGN_MODES = ("cpc", "infonce")
 INIT_MODES = ("data", "uniform")
+CURRENT_FEATURE_SETS = ("base", "rich")  # 28 features per segment (CMG.md 2) | 28 + 19 [ours]
+CAMERA_POOLS = ("attention", "attention_max")  # Phi_v pooling; "attention_max" adds a spatial max
+CAMERA_NORMS = ("global", "frame")  # per-channel constants (CMG.md 2) | per-frame standardisation
+CAMERA_DIFFS = ("previous", "first")  # residual against frame_{t-1} (CMG.md 2) | the window's first
+HEAD_POOLS = ("max", "meanmax")  # DetectorHead pooling over segments
+RICH_CURRENT_EXTRA = 19  # extra features of current_feature_set "rich" (features.py)
 
 
 def _require(ok: bool, msg: str) -> None:
@@ -106,6 +112,14 @@ class CMGConfig:
     cpc_self_weight: float = 0.1  # weight of the c->c and v->v CPC terms
     infonce_temperature: float = 0.1  # MICU-style InfoNCE (CMG.md 11)
     infonce_mask: float = 0.3  # share of time steps masked in the fine/coarse InfoNCE
+    # --- options beyond CMG.md [ours]; the defaults reproduce the behaviour above ----------
+    code_groups: int = 1  # G: product quantisation, G lookups of D/G sub-vectors per segment
+    current_feature_set: str = "base"  # "rich": + baseline-relative stats per segment
+    camera_pool: str = "attention"  # "attention_max": ‖ spatial max of the stem map
+    camera_norm: str = "global"  # "frame": standardise each frame by its own channel stats
+    camera_diff: str = "previous"  # "first": residual against the window's first frame
+    specific_dropout: float = 0.0  # P(specific features zeroed in the decoders), per sample
+    head_pool: str = "max"  # "meanmax": head pools mean ‖ max over segments
 
     def __post_init__(self) -> None:
         enc, book = self.encoder, self.codebook
@@ -113,10 +127,24 @@ class CMGConfig:
             isinstance(enc, EncoderConfig) and isinstance(book, CodebookConfig),
             "encoder and codebook must be EncoderConfig / CodebookConfig (use CMGConfig.from_dict)",
         )
+        _require(self.code_groups >= 1, f"code_groups must be >= 1, got {self.code_groups}")
         _require(
-            enc.dim == book.dim,
-            f"encoder.dim ({enc.dim}) and codebook.dim ({book.dim}) must be equal",
+            enc.dim == book.dim * self.code_groups,
+            f"encoder.dim ({enc.dim}) must equal codebook.dim ({book.dim}) times code_groups"
+            f" ({self.code_groups})",
         )
+        for name, allowed in (
+            ("current_feature_set", CURRENT_FEATURE_SETS),
+            ("camera_pool", CAMERA_POOLS),
+            ("camera_norm", CAMERA_NORMS),
+            ("camera_diff", CAMERA_DIFFS),
+            ("head_pool", HEAD_POOLS),
+        ):
+            _require(
+                getattr(self, name) in allowed,
+                f"{name} must be one of {allowed}, got {getattr(self, name)!r}",
+            )
+        _require(0.0 <= self.specific_dropout < 1.0, "specific_dropout must be in [0, 1)")
         _require(self.samples_per_segment >= 1, f"samples_per_segment >= 1, got {self}")
         _require(self.n_classes >= 2, f"n_classes must be >= 2, got {self.n_classes}")
         _require(
@@ -159,8 +187,10 @@ class CMGConfig:
 
     @property
     def current_features(self) -> int:
-        """F_c, per-segment current feature size: 3 S raw + 12 stats + 3 relative + 1 (28)."""
-        return 3 * self.samples_per_segment + 16
+        """F_c, per-segment current feature size: 3 S raw + 12 stats + 3 relative + 1 (28),
+        plus RICH_CURRENT_EXTRA with current_feature_set "rich"."""
+        extra = RICH_CURRENT_EXTRA if self.current_feature_set == "rich" else 0
+        return 3 * self.samples_per_segment + 16 + extra
 
     @property
     def map_px(self) -> int:

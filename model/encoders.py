@@ -173,15 +173,21 @@ class CameraSemanticEncoder(nn.Module):
         self.stem = CameraStem(enc.stem_channels)
         self.gate = SEGate(enc.stem_channels[1], enc.se_reduction)
         self.pool = AttentionPool(enc.stem_channels[1])
-        self.body = SemanticTransformer(enc.stem_channels[1], cfg.segments, enc)
+        # "attention_max" [ours]: the spatial max of the gated map as well, which a small
+        # local hot spot moves far more than it moves any average over the shell
+        self.with_max = cfg.camera_pool == "attention_max"
+        width = enc.stem_channels[1] * (2 if self.with_max else 1)
+        self.body = SemanticTransformer(width, cfg.segments, enc)
 
     def forward(self, cam: CameraInput) -> Tensor:
         """Args: cam, camera input halves (B, T, 3, H, W). Returns: z_v (B, T, D)."""
         B, T = cam.standard.shape[:2]
         m = self.stem(cam)  # (B*T, C, H/8, W/8)
         gate = self.gate.gate(m.mean(dim=(2, 3)))  # (B*T, C), SE on the squeezed map
-        pooled = self.pool(m, gate).reshape(B, T, -1)  # == pool(SE(m)), without gating m
-        return self.body(pooled)
+        pooled = self.pool(m, gate)  # (B*T, C) == pool(SE(m)), without gating m
+        if self.with_max:  # gates are positive, so max(gate * m) = gate * max(m)
+            pooled = torch.cat([pooled, m.amax(dim=(2, 3)) * gate], dim=-1)  # (B*T, 2C)
+        return self.body(pooled.reshape(B, T, -1))
 
 
 class CurrentSpecificEncoder(nn.Module):

@@ -49,6 +49,41 @@ def current_features(x_c: Tensor, baseline: Tensor) -> Tensor:
     return torch.cat([raw, stats, rel, imbalance], dim=-1)  # (B, T, 3S + 16)
 
 
+NEAR_ZERO = 0.1  # rich features: a sample below this share of its baseline has lost the arc
+ARC_LOSS = 0.4  # rich features: a phase below this share of its baseline counts as dipping
+CLIP_LEVEL_A = CURRENT_SCALE_A - 1.0  # rich features: samples at or above this are clipped
+
+
+def rich_current_features(x_c: Tensor, baseline: Tensor) -> Tensor:
+    """Baseline-relative statistics per segment, appended by current_feature_set "rich" [ours].
+
+    What the hand-crafted gradient-boosting baseline shows to carry signal, per segment:
+    per-phase std, min, max and mean absolute successive difference, each / baseline (12);
+    per-phase share of samples near zero (< 0.1 baseline) and at the clip (6); share of
+    samples with two or more phases below 0.4 baseline (1). Zero where the baseline <= 1 A.
+
+    Args:
+        x_c: (B, T, S, 3) phase currents in A.
+        baseline: (B, 3) per-phase baseline in A.
+
+    Returns:
+        (B, T, 19) float32.
+    """
+    x = x_c.float()
+    base = baseline.float()[:, None, None, :]  # (B, 1, 1, 3)
+    ok = (base > MIN_BASELINE_A).float()
+    rel = x / base.clamp(min=MIN_BASELINE_A) * ok  # (B, T, S, 3)
+    mean = rel.mean(dim=2, keepdim=True)
+    std = (rel - mean).pow(2).mean(dim=2).sqrt()  # (B, T, 3)
+    step = (rel[:, :, 1:] - rel[:, :, :-1]).abs().mean(dim=2)  # (B, T, 3)
+    near_zero = ((rel < NEAR_ZERO).float() * ok).mean(dim=2)  # (B, T, 3)
+    clipped = (x >= CLIP_LEVEL_A).float().mean(dim=2)  # (B, T, 3)
+    dipping = ((rel < ARC_LOSS).float() * ok).sum(dim=-1)  # (B, T, S) phases dipping
+    multi = (dipping >= 2.0).float().mean(dim=2, keepdim=True)  # (B, T, 1)
+    parts = [std, rel.amin(dim=2), rel.amax(dim=2).clamp(max=REL_CLAMP[1]), step]
+    return torch.cat([*parts, near_zero, clipped, multi], dim=-1)  # (B, T, 19)
+
+
 class CameraInput(NamedTuple):
     """The camera input of CMG.md 2 as two 3-channel halves, plus the raw pixels.
 
@@ -60,7 +95,12 @@ class CameraInput(NamedTuple):
     pixels: Tensor  # (B, T, 3, H, W) frame_t as float in [0, 255]
 
 
-def camera_inputs(x_v: Tensor, mean: Tensor, std: Tensor) -> CameraInput:
+FRAME_STD_FLOOR = 0.02  # camera_norm "frame": floor of a frame's channel std ([0, 1] scale)
+
+
+def camera_inputs(
+    x_v: Tensor, mean: Tensor, std: Tensor, *, norm: str = "global", diff_to: str = "previous"
+) -> CameraInput:
     """Camera input halves (CMG.md 2), computed without interleaving the six channels.
 
     The temporal residual is taken on the [0, 1] frames, not the standardised ones.
@@ -69,17 +109,28 @@ def camera_inputs(x_v: Tensor, mean: Tensor, std: Tensor) -> CameraInput:
         x_v: (B, T, H, W, 3) uint8 frames (the last frame of each segment).
         mean: (3,) per-channel mean of training frames on the [0, 1] scale.
         std: (3,) per-channel standard deviation, same scale.
+        norm: "global" standardises with mean/std (CMG.md 2); "frame" [ours] with each
+            frame's own per-channel mean and std (floored), which removes exposure gain.
+        diff_to: "previous": frame_t - frame_{t-1} (CMG.md 2); "first" [ours]: frame_t minus
+            the window's first frame, a trailing reference that accumulates slow change.
 
     Returns:
         CameraInput(standard, diff, pixels), each (B, T, 3, H, W) float32.
     """
     B, T, H, W, C = x_v.shape
     pixels = x_v.float().reshape(B, T, H, W * C)  # (B, T, H, W*3)
-    # A (W*3,) row broadcasts far faster than a (3,) one: standard = pixels * a + b
-    scale = (1.0 / (255.0 * std)).repeat(W)  # (W*3,)
-    shift = (-mean / std).repeat(W)  # (W*3,)
-    standard = torch.addcmul(shift, pixels, scale)
-    step = (pixels[:, 1:] - pixels[:, :-1]) * (1.0 / 255.0)  # (B, T-1, H, W*3)
+    if norm == "frame":
+        unit = pixels.reshape(B, T, H * W, C) * (1.0 / 255.0)  # (B, T, H*W, 3)
+        f_mean = unit.mean(dim=2, keepdim=True)  # (B, T, 1, 3)
+        f_std = (unit - f_mean).pow(2).mean(dim=2, keepdim=True).sqrt()
+        standard = ((unit - f_mean) / f_std.clamp(min=FRAME_STD_FLOOR)).reshape(B, T, H, W * C)
+    else:
+        # A (W*3,) row broadcasts far faster than a (3,) one: standard = pixels * a + b
+        scale = (1.0 / (255.0 * std)).repeat(W)  # (W*3,)
+        shift = (-mean / std).repeat(W)  # (W*3,)
+        standard = torch.addcmul(shift, pixels, scale)
+    ref = pixels[:, :1] if diff_to == "first" else pixels[:, :-1]
+    step = (pixels[:, 1:] - ref) * (1.0 / 255.0)  # (B, T-1, H, W*3)
     diff = torch.cat([torch.zeros_like(pixels[:, :1]), step], dim=1)  # (B, T, H, W*3)
 
     def _channels_first(x: Tensor) -> Tensor:

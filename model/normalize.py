@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.features import CameraInput, camera_inputs, current_features
+from model.features import CameraInput, camera_inputs, current_features, rich_current_features
 
 STD_FLOOR = 1e-2  # lower bound of estimated standard deviations
+RICH_CLAMP = 10.0  # |standardised feature| bound with rich current features
 _ROW = {"current": 0, "camera": 1}
 
 
@@ -30,8 +31,18 @@ class InputNorm(nn.Module):
     current_std: Tensor
     stats_set: Tensor
 
-    def __init__(self, current_features: int) -> None:
+    def __init__(
+        self,
+        current_features: int,
+        *,
+        rich_current: bool = False,
+        camera_norm: str = "global",
+        camera_diff: str = "previous",
+    ) -> None:
         super().__init__()
+        self.rich_current = rich_current  # append rich_current_features [ours]
+        self.camera_norm = camera_norm
+        self.camera_diff = camera_diff
         self.register_buffer("camera_mean", torch.full((3,), 0.5))  # [0, 1] scale
         self.register_buffer("camera_std", torch.full((3,), 0.5))
         self.register_buffer("current_mean", torch.zeros(current_features))  # (F_c,)
@@ -59,7 +70,7 @@ class InputNorm(nn.Module):
             x_v: (B, T, H, W, 3) uint8: sets the camera statistics.
         """
         if x_c is not None and baseline is not None:
-            f = current_features(x_c, baseline)
+            f = self.raw_current(x_c, baseline)
             f = f.reshape(-1, f.shape[-1])  # (B*T, F_c)
             self.set_current(f.mean(0), f.std(0).clamp(min=STD_FLOOR))
         if x_v is not None:
@@ -85,7 +96,16 @@ class InputNorm(nn.Module):
             (B, T, F_c) (f_c - mean) / std.
         """
         self.autoset("current", x_c, baseline)
-        return (current_features(x_c, baseline) - self.current_mean) / self.current_std
+        f = (self.raw_current(x_c, baseline) - self.current_mean) / self.current_std
+        # rare rich features (clip, arc loss) have tiny stds: bound them [ours]
+        return f.clamp(-RICH_CLAMP, RICH_CLAMP) if self.rich_current else f
+
+    def raw_current(self, x_c: Tensor, baseline: Tensor) -> Tensor:
+        """Unstandardised current features (B, T, F_c), rich ones appended if configured."""
+        f = current_features(x_c, baseline)
+        if self.rich_current:
+            f = torch.cat([f, rich_current_features(x_c, baseline)], dim=-1)
+        return f
 
     def camera(self, x_v: Tensor) -> CameraInput:
         """Camera input halves (B, T, 3, H, W) standardised with the camera statistics.
@@ -94,7 +114,9 @@ class InputNorm(nn.Module):
             x_v: (B, T, H, W, 3) uint8.
         """
         self.autoset("camera", x_v)
-        return camera_inputs(x_v, self.camera_mean, self.camera_std)
+        return camera_inputs(
+            x_v, self.camera_mean, self.camera_std, norm=self.camera_norm, diff_to=self.camera_diff
+        )
 
 
 def _copy_stats(mean_buf: Tensor, std_buf: Tensor, mean: Tensor, std: Tensor, name: str) -> None:

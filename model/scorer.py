@@ -22,7 +22,7 @@ __all__ = ["ModalityScorer", "ScorerOutput", "build_cmg"]
 class ScorerOutput(NamedTuple):
     """One modality's detection for a batch of windows."""
 
-    codes: Tensor  # (B, T) int64
+    codes: Tensor  # (B, T) int64; (B, T*G) segment-major with code_groups G
     quantized: Tensor  # (B, T, D) code vectors E[codes]
     probs: Tensor  # (B, n_classes)
     score: Tensor  # (B,) 1 - p(normal)
@@ -46,7 +46,8 @@ class ModalityScorer(nn.Module):
         self.encoder = copy.deepcopy(cmg.phi_c if modality == "current" else cmg.phi_v)
         self.head = copy.deepcopy(head)
         self.inputs = copy.deepcopy(cmg.inputs)  # standardisation constants (eval: read only)
-        self.register_buffer("codebook", cmg.codebook_for(modality).detach().clone())  # (K, D)
+        self.register_buffer("codebook", cmg.codebook_for(modality).detach().clone())  # (K, D/G)
+        self.groups = cmg.cfg.code_groups  # product quantisation [ours]; 1 = one code per segment
         self.requires_grad_(False)
         self.train(False)
 
@@ -71,9 +72,12 @@ class ModalityScorer(nn.Module):
             z = self.encoder(self.inputs.current(x, baseline))  # (B, T, D)
         else:
             z = self.encoder(self.inputs.camera(x))  # (B, T, D)
-        d = sq_distances(z, self.codebook)  # (B, T, K)
-        codes = d.argmin(dim=-1)  # (B, T) int64
-        quantized = self.codebook[codes]  # (B, T, D)
+        T, D = z.shape[1], z.shape[2]
+        if self.groups > 1:  # batch stays -1 so that it is a dynamic ONNX axis
+            z = z.reshape(-1, T * self.groups, D // self.groups)  # (B, T*G, D/G)
+        d = sq_distances(z, self.codebook)  # (B, T*G, K)
+        codes = d.argmin(dim=-1)  # (B, T*G) int64, segment-major
+        quantized = self.codebook[codes].reshape(-1, T, D)  # (B, T, D)
         head = self.head(quantized)
         probs = head.logits.softmax(dim=-1)  # (B, n_classes)
         return ScorerOutput(codes, quantized, probs, anomaly_score(probs), head.segment_scores)

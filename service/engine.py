@@ -15,6 +15,8 @@ class, it is the most probable abnormal class.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from service.types import MODALITIES, Window
 
 logger = logging.getLogger(__name__)
 
+Observer = Callable[[str, float, int], None]
 GOLDEN_PROB_TOL = 1e-3
 GOLDEN_CODE_AGREEMENT = 0.95  # near-ties may flip across CPUs (SERVING.md 3.3)
 
@@ -58,6 +61,7 @@ class Detection:
     per_modality: dict[str, ModalityResult] = field(default_factory=dict)
     code_agreement: float | None = None
     model_version: str = ""
+    class_names: tuple[str, ...] = ()  # the order of every probability vector
 
     @property
     def decided_by(self) -> str:
@@ -160,8 +164,11 @@ class Engine:
                 raise FloatingPointError(msg)
         return result
 
-    def score(self, windows: list[Window]) -> list[Detection]:
-        """Score windows (any furnaces), one batched run per modality."""
+    def score(self, windows: list[Window], observe: Observer | None = None) -> list[Detection]:
+        """Score windows (any furnaces), one batched run per modality.
+
+        `observe(modality, seconds, batch_size)` is called after each run (metrics).
+        """
         per: dict[str, dict[int, ModalityResult]] = {m: {} for m in MODALITIES}
         cur = [
             (i, w.current)
@@ -175,11 +182,17 @@ class Engine:
                 "current_a": np.stack([c.x for _, c in cur]).astype(np.float32),
                 "baseline_a": np.stack([c.baseline for _, c in cur]).astype(np.float32),
             }
+            t0 = time.perf_counter()
             per["current"] = self._split([i for i, _ in cur], self.run("current", feeds))
+            if observe is not None:
+                observe("current", time.perf_counter() - t0, len(cur))
         cam = [(i, w.camera) for i, w in enumerate(windows) if w.camera is not None]
         if cam:
             frames = np.stack([c.frames for _, c in cam]).astype(np.uint8)
+            t0 = time.perf_counter()
             per["camera"] = self._split([i for i, _ in cam], self.run("camera", {"frames": frames}))
+            if observe is not None:
+                observe("camera", time.perf_counter() - t0, len(cam))
         return [self._decide(i, w, per) for i, w in enumerate(windows)]
 
     @staticmethod
@@ -217,6 +230,7 @@ class Engine:
                 per_modality=results,
                 code_agreement=agreement,
                 model_version=self.model_version,
+                class_names=names,
             )
         probs = np.mean([results[m].probs for m in used], axis=0)
         score = float(1.0 - probs[0])
@@ -240,4 +254,5 @@ class Engine:
             per_modality=results,
             code_agreement=agreement,
             model_version=self.model_version,
+            class_names=names,
         )

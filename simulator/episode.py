@@ -7,6 +7,7 @@ currents and the same seed gives byte-identical arrays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -33,7 +34,7 @@ from simulator.events import (
 from simulator.faults import draw_faults
 from simulator.physics import first_order, labels_from_events, synthesize
 from simulator.scene import HotSpot, SceneState
-from simulator.types import Episode
+from simulator.types import Episode, FaultEvent
 
 F64 = NDArray[np.float64]
 EPOCH_2026 = 1767225600  # 2026-01-01T00:00:00Z; episodes start at whole seconds after it
@@ -81,6 +82,8 @@ def simulate_episode(
     name: str,
     start_epoch: int = EPOCH_2026,
     render: bool = True,
+    events: Sequence[ConditionEvent] | None = None,
+    faults: Sequence[FaultEvent] | None = None,
 ) -> Episode:
     """Simulate one episode of one furnace.
 
@@ -91,6 +94,10 @@ def simulate_episode(
         name: episode name (FMF-Benchmark NAME: no dots).
         start_epoch: Unix seconds of t = 0.
         render: False skips the camera (zero frames), for fast current-only statistics.
+        events: condition events to use instead of the random draw (a scenario; `()` for a
+            furnace without conditions). The draw still runs and is discarded, so nuisances,
+            currents and frames come from the same random streams either way.
+        faults: sensor faults to use instead of the random draw (`cfg.faults` is then ignored).
 
     Returns:
         The episode with clean observations, labels and fault events.
@@ -106,19 +113,20 @@ def simulate_episode(
     t_frame = np.arange(n_frames) / cfg.camera_fps
 
     ev_rng = np.random.default_rng(ev_ss)
-    events = draw_conditions(cfg, duration_s, ev_rng)
+    drawn = draw_conditions(cfg, duration_s, ev_rng)
+    conditions = drawn if events is None else sorted(events, key=lambda e: e.onset_s)
     nuisances = draw_nuisances(duration_s, ev_rng)
     mist_rng = np.random.default_rng(mist_ss)
     peak = (0.95, 1.0) if cfg.profile == "out_of_range" else (0.3, 0.95)
     mist_events = draw_mist(
         duration_s, mist_rng, rate_per_h=float(mist_rng.uniform(0.0, 6.0)), peak_range=peak
     )
-    out = synthesize(fp, cfg, events, nuisances, t_cur, np.random.default_rng(cur_ss))
-    label_cur, sev_cur = labels_from_events(events, t_cur, cfg.s_label)
+    out = synthesize(fp, cfg, conditions, nuisances, t_cur, np.random.default_rng(cur_ss))
+    label_cur, sev_cur = labels_from_events(conditions, t_cur, cfg.s_label)
     vis_cur = (label_cur > 0) & (out.signature >= 1.0)
 
-    label_frame, sev_frame = labels_from_events(events, t_frame, cfg.s_label)
-    scene, cam_signature = _scene(fp, cfg, events, mist_events, out.latent, t_cur, t_frame)
+    label_frame, sev_frame = labels_from_events(conditions, t_frame, cfg.s_label)
+    scene, cam_signature = _scene(fp, cfg, conditions, mist_events, out.latent, t_cur, t_frame)
     if render:
         rendered = render_frames(scene, fp.camera, np.random.default_rng(cam_ss))
         frames, mask = rendered.frames, rendered.mask
@@ -131,9 +139,11 @@ def simulate_episode(
     cam_signature = np.where(semi, np.maximum(cam_signature, spot_vis), cam_signature)
     vis_frame = (label_frame > 0) & (cam_signature >= 1.0)
 
-    faults = []
-    if cfg.faults:
-        faults = draw_faults(
+    fault_list: list[FaultEvent] = []
+    if faults is not None:
+        fault_list = sorted(faults, key=lambda f: f.start_s)
+    elif cfg.faults:
+        fault_list = draw_faults(
             duration_s, np.random.default_rng(fault_ss), rate_per_h=cfg.fault_rate_per_h
         )
     meta: dict[str, Any] = {
@@ -166,9 +176,9 @@ def simulate_episode(
         sev_frame=sev_frame,
         vis_frame=vis_frame,
         latent=out.latent,
-        events=[e.as_dict() for e in events],
+        events=[e.as_dict() for e in conditions],
         nuisances=[nz.as_dict() for nz in nuisances],
-        faults=faults,
+        faults=fault_list,
         meta=meta,
     )
 

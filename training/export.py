@@ -202,7 +202,7 @@ def export_bundle(
             "outputs": _io_spec(session.get_outputs()),
         }
         logger.info("%s graph: parity %s", m, parity[m])
-    np.savez_compressed(out / "golden.npz", **golden)
+    np.savez_compressed(out / "golden.npz", **golden)  # type: ignore[arg-type]
 
     metrics = json.loads(Path(metrics_path).read_text()) if metrics_path is not None else None
     tc = cfg.train

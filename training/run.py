@@ -87,8 +87,9 @@ def _fit_head(
         y_tr,
         q_va,
         y_va,
-        dim=cfg.cmg.codebook.dim,
+        dim=cfg.cmg.encoder.dim,
         n_classes=cfg.cmg.n_classes,
+        pool=cfg.cmg.head_pool,
         epochs=epochs,
         lr=tc.head_lr,
         batch=tc.head_batch,
@@ -269,7 +270,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, CMG, dict[str, DetectorHea
     model.eval()
     heads = {}
     for name, state in ckpt["heads"].items():
-        heads[name] = DetectorHead(dim=cfg.cmg.codebook.dim, n_classes=cfg.cmg.n_classes)
+        heads[name] = DetectorHead.from_config(cfg.cmg)
         heads[name].load_state_dict(state)
         heads[name].eval()
     return cfg, model, heads, ckpt["log"]

@@ -22,7 +22,7 @@ from training.metrics import auroc, macro_f1
 class Encoded(NamedTuple):
     """Quantized windows of one modality (eval mode, no EMA)."""
 
-    codes: NDArray[np.int64]  # (W, T)
+    codes: NDArray[np.int64]  # (W, T), or (W, T*G) with code_groups G
     q: Tensor  # (W, T, D) float32, codebook vectors
 
 
@@ -49,8 +49,10 @@ def encode_windows(
         codes.append(quant.codes.numpy())
         vectors.append(quant.vectors.detach())
     if not codes:
-        dim = model.codebook_for(modality).shape[1]
-        return Encoded(np.zeros((0, model.cfg.segments), np.int64), torch.zeros(0, 0, dim))
+        cfg = model.cfg
+        codes_per_window = cfg.segments * cfg.code_groups
+        empty = torch.zeros(0, cfg.segments, cfg.encoder.dim)
+        return Encoded(np.zeros((0, codes_per_window), np.int64), empty)
     return Encoded(np.concatenate(codes), torch.cat(vectors))
 
 
@@ -80,6 +82,7 @@ def train_head(
     *,
     dim: int,
     n_classes: int,
+    pool: str = "max",
     epochs: int,
     lr: float,
     batch: int,
@@ -92,7 +95,7 @@ def train_head(
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    head = DetectorHead(dim=dim, n_classes=n_classes)
+    head = DetectorHead(dim=dim, n_classes=n_classes, pool=pool)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, n_classes))
     y = torch.from_numpy(y_train.astype(np.int64))

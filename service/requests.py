@@ -1,0 +1,136 @@
+"""A POSTed window -> the same `Window` the stream path builds (service/windows.py).
+
+The request's samples and frames are fed to a fresh `WindowAssembler` and the window at
+`window_end` is cut exactly as for Redis entries, so a window posted with the same data gives
+the same codes and scores. What HTTP adds: shape, rate and timestamp checks with messages that
+say what to fix, and the baseline when the request carries no history (given `baseline_a`, or
+the window's own median as a last resort; the response says which).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from service.health import DEFAULT_HEALTH, current_health
+from service.images import ImageError, decode_base64_image
+from service.schemas import WindowIn
+from service.settings import Settings
+from service.types import CurrentWindow, Window, WindowSpec
+from service.windows import WindowAssembler
+
+MIN_TS = 946_684_800.0  # 2000-01-01
+MAX_AHEAD_SECONDS = 30 * 86_400.0
+
+
+class RequestError(ValueError):
+    """A window that cannot be scored; `reason` labels the rejection metric."""
+
+    def __init__(self, message: str, reason: str = "shape") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _check_time(name: str, ts: float, received_at: float) -> None:
+    if not MIN_TS <= ts <= received_at + MAX_AHEAD_SECONDS:
+        msg = f"{name} {ts!r} is not a plausible sensor time (Unix seconds, after 2000-01-01)"
+        raise RequestError(msg, "timestamp")
+
+
+def window_from_request(
+    body: WindowIn,
+    furnace_id: str,
+    spec: WindowSpec,
+    settings: Settings,
+    *,
+    received_at: float,
+) -> tuple[Window, dict[str, Any]]:
+    """Build the window; raises RequestError (422/413) or ImageError (422)."""
+    if body.current is None and body.camera is None:
+        msg = "the window has neither current nor camera: send at least one modality"
+        raise RequestError(msg)
+    asm = WindowAssembler(
+        furnace_id,
+        spec,
+        grace_seconds=0.0,
+        staleness_seconds=settings.staleness_seconds,
+        max_samples=max(spec.samples, 16384),
+    )
+    notes: dict[str, Any] = {}
+    end = body.window_end
+    history = int(round(spec.baseline_seconds * spec.rate_hz))
+    if body.current is not None:
+        c = body.current
+        n = len(c.samples)
+        if abs(c.rate_hz - spec.rate_hz) > 1e-9:
+            msg = f"current.rate_hz must be the model's {spec.rate_hz:g} Hz, got {c.rate_hz:g}"
+            raise RequestError(msg)
+        if n < spec.samples:
+            msg = f"current needs at least {spec.samples} samples ({spec.window_seconds:g} s at "
+            msg += f"{spec.rate_hz:g} Hz), got {n}"
+            raise RequestError(msg)
+        if n > spec.samples + history:
+            msg = f"current has {n} samples; at most {spec.samples + history} (the window plus "
+            msg += f"{spec.baseline_seconds:g} s of baseline history) are used"
+            raise RequestError(msg, "too_large")
+        _check_time("current.start", c.start, received_at)
+        ts = c.start + np.arange(n) / c.rate_hz
+        for t, (a, b, cc) in zip(ts.tolist(), c.samples, strict=True):
+            asm.add_current(t, a, b, cc)
+        end = end if end is not None else float(ts[-1])
+    if body.camera is not None:
+        frames = body.camera.frames
+        if len(frames) > settings.max_frames:
+            msg = f"{len(frames)} camera frames; at most {settings.max_frames} per window"
+            raise RequestError(msg, "too_large")
+        times = [f.ts for f in frames]
+        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+            msg = "camera frame timestamps must strictly increase (oldest first)"
+            raise RequestError(msg, "timestamp")
+        for i, f in enumerate(frames):
+            _check_time(f"camera.frames[{i}].ts", f.ts, received_at)
+            try:
+                image = decode_base64_image(
+                    f.image, frame_px=spec.frame_px, max_pixels=settings.max_image_pixels
+                )
+            except ImageError as exc:
+                msg = f"camera.frames[{i}]: {exc}"
+                raise ImageError(msg, reason=exc.reason) from exc
+            asm.add_frame(f.ts, image)
+        end = end if end is not None else times[-1]
+    assert end is not None
+    _check_time("window_end", end, received_at)
+    window = asm.window_at(end)
+    if window is None:
+        msg = f"no samples or frames fall inside the window ending at {end!r}"
+        raise RequestError(msg, "timestamp")
+    if window.current is not None and body.current is not None:
+        window, notes["baseline"] = _baseline(window, window.current, body, spec)
+    return window, notes
+
+
+def _baseline(
+    window: Window, part: CurrentWindow, body: WindowIn, spec: WindowSpec
+) -> tuple[Window, str]:
+    """Keep the history baseline when the request carried enough history; else use the given
+    `baseline_a`, else the window's own median (a weaker reference: level shifts vanish)."""
+    assert body.current is not None
+    covered = len(body.current.samples) >= spec.samples + int(
+        round(spec.baseline_seconds * spec.rate_hz)
+    )
+    if covered and np.isfinite(part.baseline).all():
+        return window, "history"
+    if body.current.baseline_a is not None:
+        baseline = np.asarray(body.current.baseline_a, np.float32)
+        source = "given"
+    else:
+        with np.errstate(all="ignore"):
+            baseline = np.nanmedian(part.x.reshape(-1, 3), axis=0).astype(np.float32)
+        source = "window_median"
+    health = part.health
+    if health == "missing" and not any(math.isnan(v) for v in baseline.tolist()):
+        health = current_health(part.x.reshape(-1, 3), expected=spec.samples, config=DEFAULT_HEALTH)
+    return replace(window, current=CurrentWindow(part.x, baseline, health)), source

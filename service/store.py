@@ -1,0 +1,258 @@
+"""Redis side effects shared by the HTTP API and the stream consumer (SERVING.md 1.4-1.5).
+
+Every key lives under the configured prefix. A detection is committed idempotently, keyed by
+(furnace, window end): `WATCH furnace:{id}:state` -> skip when window_end <= last_window_end ->
+`MULTI`: state hash, `XADD detections`, `XADD alerts` per episode event -> `EXEC`, retried on
+`WatchError`. A redelivered window therefore never makes a second detection or episode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+from redis.typing import EncodableT, FieldT
+
+from service.alerting import AlertEvent, AlertPolicy, AlertState, DetectionView, next_state
+from service.engine import Detection
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (tests give each test its own)."""
+
+    prefix: str = ""
+
+    def current(self, furnace_id: str) -> str:
+        return f"{self.prefix}furnace:{furnace_id}:current"
+
+    def camera(self, furnace_id: str) -> str:
+        return f"{self.prefix}furnace:{furnace_id}:camera"
+
+    def stream(self, furnace_id: str, modality: str) -> str:
+        return self.current(furnace_id) if modality == "current" else self.camera(furnace_id)
+
+    def detections(self, furnace_id: str) -> str:
+        return f"{self.prefix}furnace:{furnace_id}:detections"
+
+    def state(self, furnace_id: str) -> str:
+        return f"{self.prefix}furnace:{furnace_id}:state"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}alerts"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}dlq"
+
+    @property
+    def furnaces(self) -> str:
+        """A set of every furnace id the service has seen (for GET /v1/furnaces)."""
+        return f"{self.prefix}furnaces"
+
+    def lease(self, index: int, count: int) -> str:
+        return f"{self.prefix}shard:{index}-of-{count}"
+
+    @property
+    def layout(self) -> str:
+        return f"{self.prefix}shard:layout"
+
+    def parse_stream(self, key: str) -> tuple[str, str] | None:
+        """`{prefix}furnace:{id}:{modality}` -> (id, modality); None for other keys."""
+        if not key.startswith(f"{self.prefix}furnace:"):
+            return None
+        parts = key[len(self.prefix) :].split(":")
+        if len(parts) != 3 or parts[2] not in ("current", "camera"):
+            return None
+        return parts[1], parts[2]
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def detection_dict(det: Detection) -> dict[str, Any]:
+    """The JSON shape of a detection (HTTP response, detections stream, state hash)."""
+    return {
+        "furnace_id": det.furnace_id,
+        "window_end": det.window_end,
+        "condition": det.condition,
+        "probabilities": det.probabilities,
+        "score": _finite(det.score),
+        "threshold": _finite(det.threshold),
+        "is_abnormal": det.is_abnormal,
+        "modalities": list(det.modalities),
+        "decided_by": det.decided_by,
+        "health": det.health,
+        "codes": {m: r.codes for m, r in det.per_modality.items()},
+        "code_agreement": det.code_agreement,
+        "segment_scores": {m: r.segment_scores for m, r in det.per_modality.items()},
+        "per_modality": {
+            m: {
+                "codes": r.codes,
+                "score": r.score,
+                "probabilities": dict(zip(det.class_names, r.probs, strict=False)),
+                "segment_scores": r.segment_scores,
+            }
+            for m, r in det.per_modality.items()
+        },
+        "model_version": det.model_version,
+    }
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    applied: bool  # False: this window end was already committed (a redelivery)
+    state: AlertState
+    events: list[AlertEvent]
+
+
+def alert_view(det: Detection) -> DetectionView:
+    """What alerting needs from a detection. A window without a usable modality (score NaN,
+    no deciding modality) decides nothing: score None, neither abnormal nor clean."""
+    usable = bool(det.modalities) and math.isfinite(det.score)
+    return DetectionView(
+        furnace_id=det.furnace_id,
+        window_end=det.window_end,
+        score=float(det.score) if usable else None,
+        is_abnormal=det.is_abnormal and usable,
+        condition=det.condition,
+        modalities=det.decided_by if usable else "none",
+    )
+
+
+def detection_view(fields: Mapping[Any, Any]) -> DetectionView:
+    """A detections-stream entry (as XRANGE returns it) back into what alerting needs, so the
+    stream can be replayed through `next_state` (SERVING.md 2.3)."""
+    data = json.loads(_s(fields[b"data"] if b"data" in fields else fields["data"]))
+    score = data.get("score")
+    return DetectionView(
+        furnace_id=str(data["furnace_id"]),
+        window_end=float(data["window_end"]),
+        score=None if score is None or not data.get("modalities") else float(score),
+        is_abnormal=bool(data["is_abnormal"]),
+        condition=str(data["condition"]),
+        modalities=str(data["decided_by"]) if data.get("modalities") else "none",
+    )
+
+
+async def load_state(client: aioredis.Redis, keys: Keys, furnace_id: str) -> dict[str, str]:
+    """The raw `furnace:{id}:state` hash as str -> str ({} before any detection)."""
+    raw = await client.hgetall(keys.state(furnace_id))
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def parse_state(furnace_id: str, stored: Mapping[str, str]) -> AlertState:
+    """The alert state in a stored hash (`AlertState(furnace_id)` for an empty one)."""
+    if not stored:
+        return AlertState.initial(furnace_id)
+    return AlertState.from_dict(stored)
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+async def commit_detection(
+    client: aioredis.Redis,
+    keys: Keys,
+    det: Detection,
+    policy: AlertPolicy,
+    *,
+    detections_maxlen: int,
+    alerts_maxlen: int,
+    extra: dict[str, Any] | None = None,
+) -> CommitResult:
+    """Apply one detection to the furnace's alert state, exactly once per window end.
+
+    WATCH the state hash -> skip when window_end <= last_window_end -> MULTI: the state hash
+    (AlertState fields plus the latest detection), XADD detections, XADD alerts per event,
+    SADD furnaces -> EXEC; a concurrent writer (WatchError) makes it start over.
+    """
+    key = keys.state(det.furnace_id)
+    record = {**detection_dict(det), **(extra or {})}
+    payload = json.dumps(record, allow_nan=False)
+    view = alert_view(det)
+    while True:
+        async with client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                raw = await pipe.hgetall(key)
+                stored = {_s(k): _s(v) for k, v in raw.items()}
+                state = parse_state(det.furnace_id, stored)
+                last = state.last_window_end
+                if last is not None and det.window_end <= last:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return CommitResult(False, state, [])
+                new_state, events = next_state(state, view, policy)
+                pipe.multi()  # type: ignore[no-untyped-call]
+                mapping: dict[FieldT, EncodableT] = {
+                    "detection": payload,
+                    "updated_at": repr(time.time()),
+                }
+                for name, value in new_state.to_dict().items():
+                    mapping[name] = value
+                pipe.hset(key, mapping=mapping)
+                pipe.xadd(
+                    keys.detections(det.furnace_id),
+                    {
+                        "window_end": repr(det.window_end),
+                        "condition": det.condition,
+                        "score": "" if view.score is None else repr(view.score),
+                        "is_abnormal": "1" if view.is_abnormal else "0",
+                        "decided_by": str(view.modalities),
+                        "model_version": det.model_version,
+                        "data": payload,
+                    },
+                    maxlen=detections_maxlen,
+                    approximate=True,
+                )
+                for ev in events:
+                    event: dict[FieldT, EncodableT] = {}
+                    for name, value in ev.to_dict().items():
+                        event[name] = value
+                    pipe.xadd(
+                        keys.alerts,
+                        event,
+                        maxlen=alerts_maxlen,
+                        approximate=True,
+                    )
+                pipe.sadd(keys.furnaces, det.furnace_id)
+                await pipe.execute()
+                return CommitResult(True, new_state, events)
+            except WatchError:
+                continue
+
+
+async def dead_letter(
+    client: aioredis.Redis,
+    keys: Keys,
+    *,
+    source: str,
+    entry_id: str,
+    reason: str,
+    deliveries: int,
+    detail: str,
+    maxlen: int,
+) -> None:
+    """`XADD dlq` (the caller XACKs afterwards: a crash between leaves a duplicate, not a loss)."""
+    await client.xadd(
+        keys.dlq,
+        {
+            "source": source,
+            "id": entry_id,
+            "reason": reason,
+            "deliveries": str(deliveries),
+            "detail": detail[:500],
+            "at": repr(time.time()),
+        },
+        maxlen=maxlen,
+        approximate=True,
+    )

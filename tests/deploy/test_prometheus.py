@@ -1,0 +1,287 @@
+"""A real Prometheus scrapes a /metrics endpoint and runs every dashboard expression.
+
+Debian's `prometheus` (2.42, the version floor in SERVING.md) listens on a free loopback port
+with a temporary storage folder, scrapes `scrape_target` every second and loads
+deploy/prometheus/rules.yml. `scrape_target` serves a `Metrics` object with one sample in each
+series; override that fixture (a URL) to scrape the real app served by uvicorn instead. The
+binaries must be installed (`.ci/run` does it): these tests fail, never skip, without them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.metrics import Metrics
+from tests.deploy.test_deploy_files import RULES_YML, dashboard_exprs, rules
+from tests.service.test_metrics import observe_one_of_each
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+STARTUP_SECONDS = 30.0
+# What Grafana puts in place of the dashboard's variables: "All" and a multi-value selection.
+SUBSTITUTIONS = (
+    {"$__rate_interval": "1m", "$furnace": ".*"},
+    {"$__rate_interval": "20s", "$furnace": "F01|other"},
+)
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} not found: install Debian's prometheus package "
+            "(`apt-get install -y prometheus`; .ci/run does it)",
+            pytrace=False,
+        )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for(what: str, check: Callable[[], bool], deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {deadline_s:.0f} s waiting for {what}", pytrace=False)
+
+
+@contextmanager
+def serve_metrics(metrics: Metrics) -> Iterator[str]:
+    """Serve `metrics.render()` at http://127.0.0.1:{free port}/metrics, as the app's route does."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body, content_type = metrics.render()
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # keep the test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class Prometheus:
+    """A running `prometheus` process and its HTTP API."""
+
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.log = log
+
+    def get(self, path: str, **params: str) -> dict[str, Any]:
+        """GET an API path; a 4xx answer (a bad query) is returned, not raised."""
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                answer: dict[str, Any] = json.load(response)
+        except urllib.error.HTTPError as exc:
+            answer = json.load(exc)
+        return answer
+
+    def query(self, expr: str) -> dict[str, Any]:
+        return self.get("/api/v1/query", query=expr)
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@contextmanager
+def run_prometheus(
+    target_url: str, workdir: Path, *, rule_files: tuple[Path, ...] = ()
+) -> Iterator[Prometheus]:
+    """Start Debian's `prometheus` scraping `target_url` every second; stop it on exit."""
+    binary = _binary("prometheus")
+    target = urllib.parse.urlsplit(target_url)
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [
+            {
+                "job_name": "sentinel",
+                "scheme": target.scheme,
+                "metrics_path": target.path or "/metrics",
+                "static_configs": [{"targets": [target.netloc]}],
+            }
+        ],
+    }
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = workdir / "prometheus.log"
+
+    for _ in range(3):  # the free port can be taken between probing and binding
+        port = _free_port()
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+            )
+        prometheus = Prometheus(process, f"http://127.0.0.1:{port}", log)
+        try:
+            if _wait_ready(prometheus):
+                yield prometheus
+                return
+        finally:
+            _stop(process)
+    pytest.fail(f"prometheus did not start:\n{prometheus.log_tail()}", pytrace=False)
+
+
+def _wait_ready(prometheus: Prometheus) -> bool:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if prometheus.process.poll() is not None:
+            return False  # exited, e.g. the port was taken
+        try:
+            with urllib.request.urlopen(f"{prometheus.base_url}/-/ready", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def scrape_target() -> Iterator[str]:
+    """URL of the /metrics endpoint Prometheus scrapes (override to scrape the real app)."""
+    metrics = Metrics()
+    observe_one_of_each(metrics)
+    with serve_metrics(metrics) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    scrape_target: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    workdir = tmp_path_factory.mktemp("prometheus")
+    with run_prometheus(scrape_target, workdir, rule_files=(RULES_YML,)) as prom:
+
+        def target_up() -> bool:
+            result = prom.query('up{job="sentinel"}')["data"]["result"]
+            return bool(result) and result[0]["value"][1] == "1"
+
+        _wait_for("up == 1", target_up, STARTUP_SECONDS)
+        # A few scrapes more, so rate() has samples to work on.
+        time.sleep(3)
+        yield prom
+
+
+def _substitute(expr: str, values: dict[str, str]) -> str:
+    for variable, value in values.items():
+        expr = expr.replace("${" + variable[1:] + "}", value).replace(variable, value)
+    assert "$" not in expr, f"unknown dashboard variable in {expr}"
+    return expr
+
+
+def test_prometheus_ingests_the_exposed_series(prometheus: Prometheus) -> None:
+    answer = prometheus.query("furnace_model_info")
+    assert answer["status"] == "success"
+    (series,) = answer["data"]["result"]
+    assert series["metric"]["model_version"] == "0.1.0"
+    # The dashboard's furnace variable lists this label's values.
+    values = prometheus.get("/api/v1/label/furnace/values", **{"match[]": "furnace_modality_up"})
+    assert values["status"] == "success"
+    assert "F01" in values["data"]
+
+
+@pytest.mark.parametrize("values", SUBSTITUTIONS, ids=["all", "multi"])
+def test_every_dashboard_expression_runs(prometheus: Prometheus, values: dict[str, str]) -> None:
+    failures = []
+    for expr in dashboard_exprs():
+        query = _substitute(expr, values)
+        answer = prometheus.query(query)
+        if answer["status"] != "success":
+            failures.append(f"{query}\n    -> {answer.get('error')}")
+    assert not failures, "\n".join(failures)
+
+
+def test_every_alert_rule_runs(prometheus: Prometheus) -> None:
+    for rule in rules():
+        answer = prometheus.query(rule["expr"])
+        assert answer["status"] == "success", (rule["alert"], answer.get("error"))
+
+    def all_evaluated() -> bool:
+        groups = prometheus.get("/api/v1/rules")["data"]["groups"]
+        loaded = [rule for group in groups for rule in group["rules"]]
+        return len(loaded) == len(rules()) and all(
+            not rule["lastEvaluation"].startswith("0001") for rule in loaded
+        )
+
+    _wait_for("every rule evaluated once", all_evaluated, 15)
+    groups = prometheus.get("/api/v1/rules")["data"]["groups"]
+    unhealthy = [
+        (rule["name"], rule.get("lastError"))
+        for group in groups
+        for rule in group["rules"]
+        if rule["health"] != "ok"
+    ]
+    assert not unhealthy
+
+
+def test_promtool_check_metrics_on_the_scrape(scrape_target: str) -> None:
+    with urllib.request.urlopen(scrape_target, timeout=10) as response:
+        body = response.read()
+        assert response.headers["Content-Type"].startswith("text/plain")
+    out = subprocess.run(
+        [_binary("promtool"), "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr).decode()
