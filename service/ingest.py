@@ -488,7 +488,8 @@ class StreamConsumer:
             if cursor is None:
                 continue  # not ours any more; acked (it is not lost: XACK deletes nothing)
             n = deliveries.get(key, {}).get(entry_id, 1)
-            if fields is None:  # read from the pending list after it was trimmed
+            if not fields:  # read from the pending list after it was trimmed (7.0: None,
+                # 6.2 through redis-py: {}); an entry always has fields (XADD needs one)
                 await self._dead(key, entry_id, "trimmed", n, "trimmed while pending")
                 continue
             if n >= self.settings.max_deliveries:

@@ -8,11 +8,15 @@ anomaly score and per-segment scores. The bundle also holds `golden.npz` (inputs
 outputs for a few held-out windows, so the service can check a new session before it swaps)
 and `manifest.json` (training/bundle.py).
 
-We export with the TorchScript exporter (`dynamo=False`, opset 17); docs/export.md says why.
+We export with the `torch.export`-based exporter (`dynamo=True`, `dynamic_shapes` with a
+batch Dim, example batch >= 2), as SERVING.md 3.3 recommends; docs/export.md has the measured
+comparison with the TorchScript exporter.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import time
@@ -24,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
+from torch.export import Dim
 
 from model.scorer import ModalityScorer
 from training.bundle import BUNDLE_FORMAT, FORMAT_VERSION, write_manifest
@@ -35,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 OUTPUTS = ("codes", "quantized", "probs", "score", "segment_scores")
 INPUTS = {"current": ("current_a", "baseline_a"), "camera": ("frames",)}
-OPSET = 17
 GOLDEN_WINDOWS = 8  # per modality, from the validation split
 USAGE_WINDOWS = 4000  # per modality, training windows for the code-usage histogram
 
@@ -63,17 +67,18 @@ def export_onnx(scorer: ModalityScorer, example: dict[str, NDArray[Any]], path: 
         msg = "export with an example batch of at least 2 so batch stays dynamic"
         raise ValueError(msg)
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation notices
+    batch = Dim("batch")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # exporter progress and deprecation notices
         torch.onnx.export(
             scorer,
             args,
             str(path),
             input_names=names,
             output_names=list(OUTPUTS),
-            dynamic_axes={n: {0: "batch"} for n in [*names, *OUTPUTS]},
-            opset_version=OPSET,
-            dynamo=False,
+            dynamic_shapes=tuple({0: batch} for _ in names),
+            dynamo=True,
+            external_data=False,
         )
 
 
