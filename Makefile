@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-all lint format demo clean results
+.PHONY: install test test-all lint format demo clean results model
 
 install: $(BIN)/furnace
 
@@ -56,3 +56,9 @@ runs/ablation_%/checkpoint.pt: data/train/dataset.json
 results: runs/default/checkpoint.pt $(foreach a,$(ABLATIONS),runs/ablation_$(a)/checkpoint.pt) data/test/dataset.json
 	$(BIN)/furnace evaluate --run runs/default --data data/test --out out/eval \
 		$(foreach a,$(ABLATIONS),--ablation $(a)=runs/ablation_$(a))
+
+# Regenerate the shipped bundle models/default (docs/model-card.md).
+model: runs/default/checkpoint.pt data/test/dataset.json
+	$(BIN)/furnace evaluate --run runs/default --data data/test --out out/eval --no-baselines
+	$(BIN)/furnace export --run runs/default --out models/default --data data/train \
+		--metrics out/eval/metrics.json

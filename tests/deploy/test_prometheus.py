@@ -1,9 +1,11 @@
-"""A real Prometheus scrapes a /metrics endpoint and runs every dashboard expression.
+"""A real Prometheus scrapes the real service's /metrics and runs every dashboard expression.
 
 Debian's `prometheus` (2.42, the version floor in SERVING.md) listens on a free loopback port
 with a temporary storage folder, scrapes `scrape_target` every second and loads
-deploy/prometheus/rules.yml. `scrape_target` serves a `Metrics` object with one sample in each
-series; override that fixture (a URL) to scrape the real app served by uvicorn instead. The
+deploy/prometheus/rules.yml. `scrape_target` is the real app (`service.main.create_app`)
+served by uvicorn on a free loopback port, with its own Redis key prefix and real traffic: a
+furnace's streams read by the consumer (one poison entry included), windows POSTed over HTTP
+(one rejected). `serve_metrics` serves a bare `Metrics` object instead, for debugging. The
 binaries must be installed (`.ci/run` does it): these tests fail, never skip, without them.
 """
 
@@ -18,22 +20,38 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
+from service.bundle import read_manifest
+from service.main import create_app
 from service.metrics import Metrics
 from tests.deploy.test_deploy_files import RULES_YML, dashboard_exprs, rules
-from tests.service.test_metrics import observe_one_of_each
+from tests.service.conftest import (
+    T0,
+    WRITE_KEY,
+    delete_prefix,
+    make_settings,
+    publish_synthetic,
+    resolve_bundle,
+    serve_app,
+    window_body,
+    window_ends,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 STARTUP_SECONDS = 30.0
+FURNACE = "F01"  # the furnace whose streams the served app reads
 # What Grafana puts in place of the dashboard's variables: "All" and a multi-value selection.
 SUBSTITUTIONS = (
     {"$__rate_interval": "1m", "$furnace": ".*"},
@@ -196,13 +214,59 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class ServedApp:
+    metrics_url: str
+    model_version: str
+
+
 @pytest.fixture(scope="module")
-def scrape_target() -> Iterator[str]:
-    """URL of the /metrics endpoint Prometheus scrapes (override to scrape the real app)."""
-    metrics = Metrics()
-    observe_one_of_each(metrics)
-    with serve_metrics(metrics) as url:
-        yield url
+def served_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[ServedApp]:
+    """The real app under uvicorn, after scoring windows from a stream and over HTTP."""
+    bundle = resolve_bundle(request, tmp_path_factory)
+    spec = read_manifest(bundle).window
+    prefix = f"t:{uuid.uuid4().hex[:12]}:"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        start = T0 + 2000.0
+        publish_synthetic(client, prefix, FURNACE, spec, start, 30.0)
+        client.xadd(f"{prefix}furnace:{FURNACE}:camera", {"ts": f"{start:.3f}", "image": b"junk"})
+        settings = make_settings(redis_url, prefix, bundle, furnaces=[FURNACE])
+        with serve_app(create_app(settings, group_start_id="0")) as base:
+            last = start + 30.0 - 1.0 / spec.rate_hz - 1.0  # the newest end + grace it can close
+            _wait_for(
+                "detections of the stream",
+                lambda: (
+                    bool(window_ends(client, prefix, FURNACE))
+                    and max(window_ends(client, prefix, FURNACE)) >= last - spec.hop_seconds
+                ),
+                STARTUP_SECONDS,
+            )
+            headers = {"X-API-Key": WRITE_KEY, "Content-Type": "application/json"}
+            for body in (window_body(spec, start + 1000.0), {"current": {}}):
+                post = urllib.request.Request(
+                    f"{base}/v1/furnaces/{FURNACE}/windows",
+                    data=json.dumps(body).encode(),
+                    headers=headers,
+                    method="POST",
+                )
+                try:
+                    with urllib.request.urlopen(post, timeout=30) as response:
+                        assert response.status == 200
+                except urllib.error.HTTPError as exc:
+                    assert exc.code == 422
+            yield ServedApp(f"{base}/metrics", read_manifest(bundle).model_version)
+    finally:
+        client.close()
+        delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="module")
+def scrape_target(served_app: ServedApp) -> str:
+    """URL of the /metrics endpoint Prometheus scrapes: the real app's."""
+    return served_app.metrics_url
 
 
 @pytest.fixture(scope="module")
@@ -229,15 +293,20 @@ def _substitute(expr: str, values: dict[str, str]) -> str:
     return expr
 
 
-def test_prometheus_ingests_the_exposed_series(prometheus: Prometheus) -> None:
+def test_prometheus_ingests_the_exposed_series(
+    prometheus: Prometheus, served_app: ServedApp
+) -> None:
     answer = prometheus.query("furnace_model_info")
     assert answer["status"] == "success"
     (series,) = answer["data"]["result"]
-    assert series["metric"]["model_version"] == "0.1.0"
+    assert series["metric"]["model_version"] == served_app.model_version
     # The dashboard's furnace variable lists this label's values.
     values = prometheus.get("/api/v1/label/furnace/values", **{"match[]": "furnace_modality_up"})
     assert values["status"] == "success"
-    assert "F01" in values["data"]
+    assert FURNACE in values["data"]
+    for name in ("furnace_windows_scored_total", "furnace_dead_letters_total"):
+        result = prometheus.query(f"sum({name})")["data"]["result"]
+        assert result and float(result[0]["value"][1]) > 0, name
 
 
 @pytest.mark.parametrize("values", SUBSTITUTIONS, ids=["all", "multi"])

@@ -24,7 +24,6 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.images import encode_png
 from service.ingest import GROUP, parse_autoclaim
 from service.main import create_app
 from service.settings import Settings
@@ -41,7 +40,7 @@ from tests.service.conftest import (
     free_port,
     hop_grid,
     make_settings,
-    noise_frames,
+    publish_synthetic,
     wait_for,
     window_ends,
 )
@@ -243,37 +242,6 @@ def test_a_window_posted_over_http_scores_as_the_stream_path(
 
 
 # --------------------------------------------------------------------- dead letters
-
-
-def publish_synthetic(
-    client: redis.Redis,
-    prefix: str,
-    furnace_id: str,
-    spec: WindowSpec,
-    start: float,
-    seconds: float,
-    *,
-    seed: int = 0,
-    nan_at: tuple[float, ...] = (),
-) -> None:
-    """Clean 2 Hz current and one noise frame every 1/camera_fps from `start` for `seconds`;
-    samples at the `nan_at` times carry NaN phases (sensor health, not poison)."""
-    rng = np.random.default_rng(seed)
-    pipe = client.pipeline(transaction=False)
-    n = round(seconds * spec.rate_hz)
-    for k in range(n):
-        ts = start + k / spec.rate_hz
-        a, b, c = (12000 + 150 * rng.standard_normal(3)).round(2).tolist()
-        if any(abs(ts - t) < 1e-6 for t in nan_at):
-            a = b = c = math.nan
-        fields = {"ts": f"{ts:.3f}", "a": f"{a}", "b": f"{b}", "c": f"{c}"}
-        pipe.xadd(f"{prefix}furnace:{furnace_id}:current", fields)  # type: ignore[arg-type]
-    frames = noise_frames(round(seconds * spec.camera_fps), spec.frame_px, seed)
-    for k, frame in enumerate(frames):
-        ts = start + k / spec.camera_fps
-        fields = {"ts": f"{ts:.3f}", "image": encode_png(frame)}
-        pipe.xadd(f"{prefix}furnace:{furnace_id}:camera", fields)  # type: ignore[arg-type]
-    pipe.execute()
 
 
 def test_poison_entries_are_dead_lettered_and_acked_while_good_ones_flow(
