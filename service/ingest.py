@@ -7,10 +7,19 @@ idempotently (service/store.py), then `XACK` the whole batch. Nothing is acked b
 windows are committed; a crash replays the batch and the idempotency check drops what was
 already committed. The batch is the bound on in-flight work, and a backlog stays in Redis.
 
-Recovery: on start each stream's buffer is rebuilt from the history before the oldest own
-pending entry (XREVRANGE), own pending entries are re-read (`0`), then new ones (`>`); a
-periodic XAUTOCLAIM takes over entries left pending by consumers that died. Entries delivered
-`max_deliveries` times, and entries that can never parse, go to the dead-letter stream.
+Backlogs: a furnace's current and camera streams are read together, but after an outage one
+can hold far older entries than the other (frames are trimmed sooner). While a stream's last
+read was full (more entries wait), the furnace's windows close only up to the newest time read
+from it, and a stream running ahead of it is not read further until it catches up.
+
+Recovery: on start each furnace's buffer is rebuilt from both streams' history before the
+group's oldest pending entry (any consumer's; XREVRANGE), and windows that history closes after
+the last committed one are committed; own pending entries are re-read (`0`), then new ones
+(`>`); a periodic XAUTOCLAIM takes over entries left pending by consumers that died, claiming
+every stream of a round into one batch. Entries delivered `max_deliveries` times, and entries
+that can never parse, go to the dead-letter stream. A Redis outage drops the in-memory state
+and the loop rebuilds it once Redis answers again; any other error ends the loop (the process
+exits, SERVING.md 5.3).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ GROUP = "sentinel"
 MIN_TS = 946_684_800.0  # 2000-01-01: sensor clocks before this are broken
 MAX_TS_AHEAD = 30 * 86_400.0  # replays run sensor time ahead of the wall clock; bound it
 MAX_IMAGE_BYTES = 8 * 1024 * 1024  # one encoded camera frame
+CLAIM_COUNT = 100  # entries per XAUTOCLAIM call and stream
 
 
 class PoisonEntryError(ValueError):
@@ -127,11 +137,14 @@ def parse_current(fields: dict[Any, Any], now: float) -> tuple[float, float, flo
 
 @dataclass
 class StreamCursor:
-    """Per input stream: where the next XREADGROUP starts ("0": own pending first)."""
+    """Per input stream: where the next XREADGROUP starts ("0": own pending first), the
+    newest sensor time fed from it, and whether its last read was full (more is waiting)."""
 
     furnace_id: str
     modality: str
     next_id: str = "0"
+    newest: float = -math.inf
+    more: bool = False
 
 
 @dataclass
@@ -195,10 +208,14 @@ class StreamConsumer:
         url = self.settings.redis_url
         block_s = self.settings.block_ms / 1000.0
         # SERVING.md 1.2: the blocking reader's socket timeout exceeds BLOCK by a margin.
+        name = f"sentinel-{self.consumer}-{self.instance[:12]}"  # CLIENT LIST shows who is who
         self._reader = aioredis.Redis.from_url(
-            url, socket_timeout=block_s + 10.0, socket_keepalive=True
+            url,
+            socket_timeout=block_s + 10.0,
+            socket_keepalive=True,
+            client_name=f"{name}-reader",
         )
-        self._client = aioredis.Redis.from_url(url, socket_timeout=10.0)
+        self._client = aioredis.Redis.from_url(url, socket_timeout=10.0, client_name=name)
         try:
             await self._check_layout()
         except _REDIS_DOWN as exc:
@@ -349,10 +366,15 @@ class StreamConsumer:
                 if "BUSYGROUP" not in str(exc):
                     raise
         state = await load_state(self.client, self.keys, furnace_id)
-        resume = float(state["last_window_end"]) if state.get("last_window_end") else None
+        spec = self.engine().manifest.window
+        resume = None
+        if state.get("last_window_end"):
+            # An HTTP window may end off the hop grid; no grid window at or before it is new.
+            last = float(state["last_window_end"])
+            resume = math.floor(last / spec.hop_seconds + 1e-6) * spec.hop_seconds
         assembler = WindowAssembler(
             furnace_id,
-            self.engine().manifest.window,
+            spec,
             grace_seconds=self.settings.grace_seconds,
             staleness_seconds=self.settings.staleness_seconds,
             last_closed_end=resume,
@@ -399,7 +421,7 @@ class StreamConsumer:
         if not self.cursors:
             await self._sleep(self.settings.block_ms / 1000.0)
             return 0
-        streams = {key: c.next_id for key, c in self.cursors.items()}
+        streams = {key: c.next_id for key, c in self.cursors.items() if not self._ahead(c)}
         reply: Any = await self.reader.xreadgroup(
             GROUP,
             self.consumer,
@@ -411,19 +433,37 @@ class StreamConsumer:
         counts: dict[str, int] = {}
         for key_raw, entries in reply or []:
             key = _s(key_raw)
-            if key not in self.cursors:
+            if key not in streams:
                 continue
             counts[key] = len(entries)
             for entry_id, fields in entries:
                 batch.append((key, _s(entry_id), fields))
-        for key, cursor in self.cursors.items():
+        for key in streams:
+            cursor = self.cursors[key]
+            cursor.more = counts.get(key, 0) >= self.settings.read_count
             # A history read ("0") that comes back empty: own pending drained, go on with ">".
             if cursor.next_id != ">" and counts.get(key, 0) == 0:
                 if key in counts or reply is None:
                     cursor.next_id = ">"
         if batch:
-            await self.process(batch, recheck_deliveries=any(c != ">" for c in streams.values()))
+            # Streams with entries still waiting, read now or left out as ahead of the rest.
+            full = {k for k, c in self.cursors.items() if c.more}
+            recheck = any(c != ">" for c in streams.values())
+            await self.process(batch, recheck_deliveries=recheck, full=full)
         return len(batch)
+
+    def _ahead(self, cursor: StreamCursor) -> bool:
+        """True while another stream of the same furnace has a backlog (its last read was
+        full) and this one already runs more than a hop past it: reading it further would
+        only buffer entries of windows that cannot close yet (SERVING.md 1.7)."""
+        if cursor.next_id != ">":
+            return False
+        margin = self.settings.grace_seconds + self.engine().manifest.window.hop_seconds
+        return any(
+            other.more and cursor.newest > other.newest + margin
+            for other in self.cursors.values()
+            if other.furnace_id == cursor.furnace_id and other is not cursor
+        )
 
     async def claim_abandoned(self) -> int:
         """XAUTOCLAIM entries idle past claim_min_idle_ms (their consumer died) and process
@@ -433,6 +473,7 @@ class StreamConsumer:
         claimed = 0
         while cursors:
             batch: list[tuple[str, str, dict[Any, Any] | None]] = []
+            full: set[str] = set()
             for key in list(cursors):
                 reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
                     "XAUTOCLAIM",
@@ -442,7 +483,7 @@ class StreamConsumer:
                     self.settings.claim_min_idle_ms,
                     cursors[key],
                     "COUNT",
-                    100,
+                    CLAIM_COUNT,
                 )
                 nxt, entries, deleted = parse_autoclaim(reply)
                 for entry_id in deleted:
@@ -450,6 +491,8 @@ class StreamConsumer:
                 if deleted:
                     await self.client.xack(key, GROUP, *deleted)
                 batch.extend((key, i, f) for i, f in entries)
+                if len(entries) >= CLAIM_COUNT:
+                    full.add(key)
                 if nxt == "0-0":
                     del cursors[key]
                 else:
@@ -457,7 +500,7 @@ class StreamConsumer:
             if batch:
                 claimed += len(batch)
                 logger.info("claimed %d abandoned entries", len(batch))
-                await self.process(batch, recheck_deliveries=True)
+                await self.process(batch, recheck_deliveries=True, full=full)
         return claimed
 
     async def _deliveries(self, key: str, ids: list[str]) -> dict[str, int]:
@@ -469,9 +512,16 @@ class StreamConsumer:
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def process(
-        self, batch: list[tuple[str, str, dict[Any, Any] | None]], recheck_deliveries: bool = False
+        self,
+        batch: list[tuple[str, str, dict[Any, Any] | None]],
+        recheck_deliveries: bool = False,
+        full: set[str] | None = None,
     ) -> None:
-        """Feed, score, commit, then XACK every entry of the batch."""
+        """Feed, score, commit, then XACK every entry of the batch.
+
+        `full`: keys with more entries waiting (their last read returned as many as asked); a
+        furnace's windows then close only up to the newest time read from those streams.
+        """
         now = time.time()
         acks: dict[str, list[str]] = {}
         touched: set[str] = set()
@@ -497,16 +547,23 @@ class StreamConsumer:
                 continue
             assembler = self.assemblers[cursor.furnace_id]
             try:
-                added = self._feed(assembler, cursor.modality, fields, now)
+                ts, added = self._feed(assembler, cursor.modality, fields, now)
             except PoisonEntryError as exc:
                 await self._dead(key, entry_id, exc.reason, n, str(exc))
                 continue
+            cursor.newest = max(cursor.newest, ts)
             if added == "late":
                 self.metrics.entry_late(modality=cursor.modality)
             touched.add(cursor.furnace_id)
         windows: list[Window] = []
         for furnace_id in sorted(touched):
-            windows.extend(self.assemblers[furnace_id].pop_closed())
+            lagging = [
+                c.newest
+                for k, c in self.cursors.items()
+                if c.furnace_id == furnace_id and k in (full or ())
+            ]
+            limit = min(lagging) if lagging else None
+            windows.extend(self.assemblers[furnace_id].pop_closed(limit=limit))
         if windows:
             await self.score_and_commit(windows)
         for key, ids in acks.items():
@@ -514,15 +571,15 @@ class StreamConsumer:
 
     def _feed(
         self, assembler: WindowAssembler, modality: str, fields: dict[Any, Any], now: float
-    ) -> str:
-        """Add one entry to its furnace's assembler: "added", "duplicate" or "late".
+    ) -> tuple[float, str]:
+        """Add one entry to its furnace's assembler: its ts and "added", "duplicate" or "late".
 
         Raises:
             PoisonEntryError: an entry that can never be processed (DLQ reason attached).
         """
         if modality == "current":
             ts, a, b, c = parse_current(fields, now)
-            return assembler.add_current(ts, a, b, c)
+            return ts, assembler.add_current(ts, a, b, c)
         ts = parse_ts(fields, now)
         data = _field(fields, "image")
         if len(data) > MAX_IMAGE_BYTES:
@@ -538,7 +595,7 @@ class StreamConsumer:
             )
         except ImageError as exc:
             raise PoisonEntryError(str(exc), reason=exc.reason) from exc
-        return assembler.add_frame(ts, frame)
+        return ts, assembler.add_frame(ts, frame)
 
     async def _dead(self, key: str, entry_id: str, reason: str, n: int, detail: str) -> None:
         parsed = self.keys.parse_stream(key)

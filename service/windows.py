@@ -221,18 +221,24 @@ class WindowAssembler:
             self.dropped["camera"] += 1
         return self._note("camera", ts)
 
-    def pop_closed(self, until: float | None = None) -> list[Window]:
+    def pop_closed(self, until: float | None = None, limit: float | None = None) -> list[Window]:
         """Close and return every window whose end + grace the newest timestamp has reached.
 
         Args:
             until: also treat this time as seen (e.g. wall clock minus the allowed lag), so
                 windows close while both streams are silent.
+            limit: treat no time after this as seen, whatever was buffered: a reader catching
+                up on a backlog passes the newest timestamp of a stream that has more entries
+                waiting, so the other stream, further ahead, cannot close windows whose
+                entries of the lagging stream are still unread.
 
         Returns:
             The newly closed windows, oldest first; windows without data in either modality
             are skipped and counted in `skipped_windows`.
         """
         clock = max(self._newest, -math.inf if until is None else until)
+        if limit is not None:
+            clock = min(clock, limit)
         s = self.spec
         if self._next_k is None:
             if not math.isfinite(self._origin):

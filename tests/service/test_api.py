@@ -184,7 +184,7 @@ def test_a_wrong_key_is_403(client: TestClient, spec: WindowSpec) -> None:
 def test_a_non_ascii_key_is_403_not_500(client: TestClient, spec: WindowSpec) -> None:
     # Header values travel as latin-1; compare_digest on a non-ASCII str would raise.
     for raw in ("k\u00e9y".encode("latin-1"), "\u043a\u043b\u044e\u0447".encode()):
-        headers = {"X-API-Key": raw}  # type: ignore[dict-item]
+        headers = {"X-API-Key": raw}
         response = client.post(windows_url("auth3"), json=window_body(spec, END), headers=headers)
         assert response.status_code == 403, response.text
 
@@ -537,3 +537,16 @@ def test_no_route_answers_500_to_junk(client: TestClient) -> None:
         )
         assert response.status_code == 422, (body, response.text)
     assert math.isfinite(float(client.get("/healthz").elapsed.total_seconds()))
+
+
+def test_no_request_of_this_module_was_answered_5xx(client: TestClient) -> None:
+    """Runs last: every request the module's app served (junk included) got an answer < 500."""
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    served = [
+        (s.labels["route"], s.labels["status_class"], s.value)
+        for f in families
+        for s in f.samples
+        if s.name == "furnace_http_request_duration_seconds_count"
+    ]
+    assert sum(n for _, _, n in served) > 0
+    assert [(r, c) for r, c, n in served if c == "5xx" and n] == []

@@ -184,6 +184,11 @@ def _summary(run: Run, spec: WindowSpec) -> dict[str, Any]:
             and cw.onset_ts <= float(a["window_end"]) <= cw.end_ts + slack
         ]
         first = min((float(a["window_end"]) for a in hits), default=None)
+        inside = [
+            d
+            for d in _scored(run, cw.furnace_id)
+            if cw.label_start_ts <= d["window_end"] <= cw.label_end_ts
+        ]
         per_condition.append(
             {
                 "furnace": cw.furnace_id,
@@ -191,6 +196,7 @@ def _summary(run: Run, spec: WindowSpec) -> dict[str, Any]:
                 "labelled_s": [round(cw.label_start_ts - T0, 1), round(cw.label_end_ts - T0, 1)],
                 "alert_delay_s": None if first is None else round(first - cw.label_start_ts, 1),
                 "episode_conditions": sorted({a["condition"] for a in hits}),
+                "windows_flagged": f"{sum(d['is_abnormal'] for d in inside)}/{len(inside)}",
             }
         )
     false_alerts = [
@@ -202,8 +208,24 @@ def _summary(run: Run, spec: WindowSpec) -> dict[str, Any]:
             for cw in schedule
         )
     ]
+    quiet = {
+        f: [
+            d
+            for d in _scored(run, f)
+            if not any(
+                cw.furnace_id == f
+                and d["window_end"] - spec.window_seconds < cw.end_ts + slack
+                and d["window_end"] > cw.onset_ts
+                for cw in schedule
+            )
+        ]
+        for f in run.replay.furnace_ids
+    }
     return {
         "conditions": per_condition,
+        "normal_windows_flagged": {
+            f: f"{sum(d['is_abnormal'] for d in ds)}/{len(ds)}" for f, ds in quiet.items()
+        },
         "false_alerts": false_alerts,
         "false_alerts_per_furnace": {
             f: sum(1 for a in false_alerts if a["furnace"] == f) for f in run.replay.furnace_ids
@@ -211,6 +233,12 @@ def _summary(run: Run, spec: WindowSpec) -> dict[str, Any]:
         "normal_furnace": NORMAL_FURNACE,
         "minutes_per_furnace": MINUTES,
     }
+
+
+def _scored(run: Run, furnace: str) -> list[dict[str, Any]]:
+    """The furnace's detections that decided something (a usable modality)."""
+    rows = (json.loads(fields[b"data"]) for _, fields in run.detections[furnace])
+    return [d for d in rows if d["decided_by"] != "none"]
 
 
 def test_measured_alert_delays_and_false_alerts(

@@ -42,6 +42,7 @@ from tests.service.conftest import (
     make_settings,
     publish_synthetic,
     wait_for,
+    window_body,
     window_ends,
 )
 
@@ -556,3 +557,97 @@ def test_a_shard_layout_mismatch_refuses_to_start(
         with app_client(settings):
             pass
     assert redis_client.get(f"{key_prefix}shard:layout") == b"3"
+
+
+def test_an_http_window_off_the_hop_grid_does_not_stop_the_stream_path(
+    redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
+) -> None:
+    start = T0 + 1200.0
+    off_grid = start + 20.3
+    settings = make_settings(redis_url, key_prefix, bundle_dir)
+    with app_client(settings) as client:
+        body = window_body(spec, off_grid)
+        response = client.post(
+            "/v1/furnaces/h1/windows", json=body, headers={"X-API-Key": WRITE_KEY}
+        )
+        assert response.status_code == 200 and response.json()["state_applied"] is True
+        publish_synthetic(redis_client, key_prefix, "h1", spec, start, 40.0)
+        last = math.floor((start + 39.5 - 1.0) / spec.hop_seconds) * spec.hop_seconds
+        after = hop_grid(spec, math.ceil(off_grid / spec.hop_seconds) * spec.hop_seconds, last)
+        dets = wait_for_ends(redis_client, key_prefix, "h1", after)
+        assert client.get("/readyz").json()["ready"] is True
+    assert [d["window_end"] for d in dets] == [off_grid, *after]
+
+
+def test_a_backlog_whose_frames_were_trimmed_is_scored_on_current_alone(
+    redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
+) -> None:
+    """SERVING.md 1.6: after an outage the camera stream (kept for minutes) holds only the
+    last frames while the current (kept for an hour) holds it all. Reading both in batches,
+    the frames run far ahead of the current; no window may close before its current is read."""
+    start, seconds, frames_from = T0 + 1600.0, 300.0, 240.0
+    publish_synthetic(redis_client, key_prefix, "b1", spec, start, seconds)
+    cam = f"{key_prefix}furnace:b1:camera"
+    redis_client.xtrim(cam, maxlen=round((seconds - frames_from) * spec.camera_fps))
+    settings = make_settings(redis_url, key_prefix, bundle_dir, read_count=100)
+    first = math.ceil((start + spec.window_seconds - 0.5) / spec.hop_seconds) * spec.hop_seconds
+    last = math.floor((start + seconds - 0.5 - 1.0) / spec.hop_seconds) * spec.hop_seconds
+    ends = hop_grid(spec, first, last)
+    with app_client(settings):
+        dets = wait_for_ends(redis_client, key_prefix, "b1", ends)
+    assert [d["window_end"] for d in dets] == ends
+    baseline_ok = start + spec.baseline_seconds + spec.window_seconds
+    for d in dets:
+        if baseline_ok <= d["window_end"] <= start + frames_from:
+            assert d["health"] == {"current": "ok", "camera": "missing"}, d["window_end"] - start
+            assert d["decided_by"] == "current"
+        if d["window_end"] >= start + frames_from + spec.window_seconds:
+            assert d["decided_by"] == "both", (d["window_end"] - start, d["health"])
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered(
+    redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
+) -> None:
+    start = T0 + 2400.0
+    publish_synthetic(redis_client, key_prefix, "d1", spec, start, 24.0)
+    cur = f"{key_prefix}furnace:d1:current"
+    for key in (cur, f"{key_prefix}furnace:d1:camera"):
+        redis_client.xgroup_create(key, GROUP, id="0")
+    (_, entries), *_ = redis_client.xreadgroup(GROUP, "shard-0", {cur: ">"}, count=1)
+    poison_id = entries[0][0]
+    # As if it had crashed the replica four times already (FURNACE_MAX_DELIVERIES=5).
+    redis_client.xclaim(cur, GROUP, "shard-0", 0, [poison_id], retrycount=4)
+    settings = make_settings(redis_url, key_prefix, bundle_dir, max_deliveries=5)
+    with app_client(settings):
+        wait_for("the dead letter", lambda: redis_client.xlen(f"{key_prefix}dlq") == 1, 20)
+        wait_for("nothing pending", lambda: pending(redis_client, cur) == 0, 10)
+    ((_, fields),) = redis_client.xrange(f"{key_prefix}dlq")
+    assert fields[b"reason"] == b"max_deliveries"
+    assert fields[b"id"] == poison_id
+    assert int(fields[b"deliveries"]) >= 5
+
+
+def test_the_consumer_rides_out_dropped_redis_connections(
+    redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
+) -> None:
+    """Redis closes the consumer's connections mid-stream (a restart, a failover, a network
+    blip): the loop drops its in-memory state, reconnects, rebuilds, and no window is lost or
+    repeated."""
+    start = T0 + 2800.0
+    publish_synthetic(redis_client, key_prefix, "r1", spec, start, 40.0)
+    settings = make_settings(redis_url, key_prefix, bundle_dir)
+    first = math.ceil((start + spec.window_seconds - 0.5) / spec.hop_seconds) * spec.hop_seconds
+    last = math.floor((start + 79.5 - 1.0) / spec.hop_seconds) * spec.hop_seconds
+    ends = hop_grid(spec, first, last)
+    app = create_app(settings, group_start_id="0")
+    with TestClient(app) as client:
+        wait_for_ends(redis_client, key_prefix, "r1", [e for e in ends if e <= start + 38.0])
+        instance = app.state.runtime.consumer.instance[:12]
+        mine = [c for c in redis_client.client_list() if instance in c.get("name", "")]
+        assert len(mine) >= 2  # the blocking reader and the pooled client
+        for c in mine:
+            redis_client.client_kill_filter(_id=c["id"])
+        publish_synthetic(redis_client, key_prefix, "r1", spec, start + 40.0, 40.0, seed=1)
+        dets = wait_for_ends(redis_client, key_prefix, "r1", ends)
+        wait_for("ready again", lambda: client.get("/readyz").json()["ready"], 10)
+    assert [d["window_end"] for d in dets] == ends
