@@ -19,11 +19,8 @@ FORMAT_VERSION = 1
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any], *, graphs: list[str]) -> Path:
