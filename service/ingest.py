@@ -40,6 +40,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.alerting import AlertPolicy
 from service.engine import Detection, Engine
+from service.entries import (
+    PoisonEntryError,
+    as_text,
+    field_bytes,
+    id_order,
+    parse_autoclaim,
+    parse_current,
+    parse_ts,
+)
 from service.images import ImageError, decode_image
 from service.metrics import Metrics
 from service.settings import Settings
@@ -51,88 +60,8 @@ from service.windows import WindowAssembler
 logger = logging.getLogger(__name__)
 
 GROUP = "sentinel"
-MIN_TS = 946_684_800.0  # 2000-01-01: sensor clocks before this are broken
-MAX_TS_AHEAD = 30 * 86_400.0  # replays run sensor time ahead of the wall clock; bound it
 MAX_IMAGE_BYTES = 8 * 1024 * 1024  # one encoded camera frame
 CLAIM_COUNT = 100  # entries per XAUTOCLAIM call and stream
-
-
-class PoisonEntryError(ValueError):
-    """An entry that can never be processed; `reason` is the DLQ reason label."""
-
-    def __init__(self, detail: str, *, reason: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def parse_autoclaim(reply: Any) -> tuple[str, list[tuple[str, dict[Any, Any]]], list[str]]:
-    """XAUTOCLAIM's reply as (cursor, entries, deleted ids), for Redis 6.2 and >= 7.0 shapes.
-
-    7.0 replies [cursor, entries, deleted]; 6.2 replies [cursor, entries] with nil entries for
-    ids trimmed while pending (SERVING.md 1.3). redis-py may already have parsed it: its
-    parser turns a nil entry into (None, None) and fields into a dict.
-    """
-    if not isinstance(reply, list | tuple) or len(reply) not in (2, 3):
-        msg = f"unexpected XAUTOCLAIM reply {reply!r:.200}"
-        raise ValueError(msg)
-    cursor, entries, *rest = reply
-    deleted = [_s(i) for i in (rest[0] or [] if rest else [])]
-    out: list[tuple[str, dict[Any, Any]]] = []
-    for item in entries or []:
-        if item is None or item[0] is None:  # 6.2: a nil entry (its id is unknown)
-            continue
-        entry_id, fields = item[0], item[1]
-        if fields is None:  # trimmed while pending, id known
-            deleted.append(_s(entry_id))
-            continue
-        out.append((_s(entry_id), fields if isinstance(fields, dict) else _pairs(fields)))
-    return _s(cursor), out, deleted
-
-
-def _pairs(flat: list[Any]) -> dict[Any, Any]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _field(fields: dict[Any, Any], name: str) -> bytes:
-    value = fields.get(name.encode(), fields.get(name))
-    if value is None:
-        msg = f"missing field {name!r} (have {sorted(_s(k) for k in fields)})"
-        raise PoisonEntryError(msg, reason="shape")
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-def parse_ts(fields: dict[Any, Any], now: float) -> float:
-    raw = _field(fields, "ts")
-    try:
-        ts = float(raw)
-    except ValueError:
-        msg = f"ts {raw[:40]!r} is not a number"
-        raise PoisonEntryError(msg, reason="timestamp") from None
-    if not math.isfinite(ts) or ts < MIN_TS or ts > now + MAX_TS_AHEAD:
-        msg = f"ts {ts!r} is not a plausible Unix time in seconds"
-        raise PoisonEntryError(msg, reason="timestamp")
-    return ts
-
-
-def parse_current(fields: dict[Any, Any], now: float) -> tuple[float, float, float, float]:
-    """(ts, a, b, c); NaN phases are allowed (sensor health, not poison)."""
-    ts = parse_ts(fields, now)
-    values = []
-    for phase in ("a", "b", "c"):
-        raw = _field(fields, phase)
-        try:
-            v = float(raw)
-        except ValueError:
-            msg = f"phase {phase} {raw[:40]!r} is not a number"
-            raise PoisonEntryError(msg, reason="shape") from None
-        if math.isinf(v):
-            v = math.nan  # an infinite reading is a sensor fault, like NaN
-        values.append(v)
-    return ts, values[0], values[1], values[2]
 
 
 @dataclass
@@ -313,7 +242,7 @@ class StreamConsumer:
     async def _check_layout(self) -> None:
         count = str(self.settings.shard_count)
         await self.client.set(self.keys.layout, count, nx=True)
-        stored = _s(await self.client.get(self.keys.layout))
+        stored = as_text(await self.client.get(self.keys.layout))
         if stored != count:
             msg = (
                 f"shard layout mismatch: Redis says {stored} shards ({self.keys.layout}), this "
@@ -337,7 +266,7 @@ class StreamConsumer:
         for modality in ("current", "camera"):
             pattern = f"{_glob_escape(self.keys.prefix)}furnace:*:{modality}"
             async for key in self.client.scan_iter(match=pattern, count=500, _type="stream"):
-                parsed = self.keys.parse_stream(_s(key))
+                parsed = self.keys.parse_stream(as_text(key))
                 if parsed is not None:
                     found.add(parsed[0])
         for furnace_id in sorted(found):
@@ -396,12 +325,12 @@ class StreamConsumer:
         pending: every entry fed here was acked, so the windows it closed were committed."""
         pending = await self.client.xpending_range(key, GROUP, min="-", max="+", count=1)
         if pending:
-            top = f"({_s(pending[0]['message_id'])}"
+            top = f"({as_text(pending[0]['message_id'])}"
         else:
             top = ""
             for info in await self.client.xinfo_groups(key):
-                if _s(info["name"]) == GROUP:
-                    top = _s(info["last-delivered-id"])
+                if as_text(info["name"]) == GROUP:
+                    top = as_text(info["last-delivered-id"])
             if top in ("", "0-0"):
                 return
         spec = assembler.spec
@@ -432,12 +361,12 @@ class StreamConsumer:
         batch: list[tuple[str, str, dict[Any, Any] | None]] = []
         counts: dict[str, int] = {}
         for key_raw, entries in reply or []:
-            key = _s(key_raw)
+            key = as_text(key_raw)
             if key not in streams:
                 continue
             counts[key] = len(entries)
             for entry_id, fields in entries:
-                batch.append((key, _s(entry_id), fields))
+                batch.append((key, as_text(entry_id), fields))
         for key in streams:
             cursor = self.cursors[key]
             cursor.more = counts.get(key, 0) >= self.settings.read_count
@@ -509,7 +438,7 @@ class StreamConsumer:
         rows = await self.client.xpending_range(
             key, GROUP, min=ids[0], max=ids[-1], count=len(ids) + 100
         )
-        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        return {as_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def process(
         self,
@@ -531,7 +460,7 @@ class StreamConsumer:
             for key, entry_id, _ in batch:
                 by_key.setdefault(key, []).append(entry_id)
             for key, ids in by_key.items():
-                deliveries[key] = await self._deliveries(key, sorted(ids, key=_id_order))
+                deliveries[key] = await self._deliveries(key, sorted(ids, key=id_order))
         for key, entry_id, fields in batch:
             acks.setdefault(key, []).append(entry_id)
             cursor = self.cursors.get(key)
@@ -581,7 +510,7 @@ class StreamConsumer:
             ts, a, b, c = parse_current(fields, now)
             return ts, assembler.add_current(ts, a, b, c)
         ts = parse_ts(fields, now)
-        data = _field(fields, "image")
+        data = field_bytes(fields, "image")
         if len(data) > MAX_IMAGE_BYTES:
             msg = f"image of {len(data)} bytes exceeds {MAX_IMAGE_BYTES} bytes"
             raise PoisonEntryError(msg, reason="too_large")
@@ -635,7 +564,7 @@ class StreamConsumer:
             except ResponseError:
                 continue
             for info in groups:
-                if _s(info["name"]) != GROUP:
+                if as_text(info["name"]) != GROUP:
                     continue
                 lag = info.get("lag")
                 f, m = cursor.furnace_id, cursor.modality
@@ -650,11 +579,6 @@ class StreamConsumer:
 def _glob_escape(text: str) -> str:
     """`text` as a literal inside a SCAN MATCH pattern."""
     return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
-
-
-def _id_order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 _ACQUIRE = """
