@@ -141,8 +141,8 @@ class StreamConsumer:
         self._reader = aioredis.Redis.from_url(
             url,
             socket_timeout=block_s + 10.0,
-            socket_keepalive=True,
             client_name=f"{name}-reader",
+            **({} if url.startswith("unix:") else {"socket_keepalive": True}),  # TCP only
         )
         self._client = aioredis.Redis.from_url(url, socket_timeout=10.0, client_name=name)
         try:
