@@ -39,7 +39,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
 
 # Reproduce docs/results.md: data, the default run, the ablation runs, the evaluation.
-ABLATIONS := separate_codebooks no_mm_ema no_club no_cpc infonce
+ABLATIONS := separate_codebooks no_mm_ema cmg_alignment no_club no_cpc single_code
 
 data/train/dataset.json: | install
 	$(BIN)/furnace simulate --out data/train --furnaces 40 --minutes 30 --seed 0 --event-free-fraction 0.2

@@ -70,6 +70,7 @@ class Manifest:
     class_names: tuple[str, ...]
     codebook_size: int
     code_dim: int
+    codes_per_segment: int  # product quantisation: a window has segments x this codes
     head: str
     graphs: dict[str, GraphSpec]
     golden: str
@@ -130,6 +131,9 @@ def read_manifest(folder: str | Path) -> Manifest:
         class_names=_class_names(raw, where),
         codebook_size=_int(raw, "codebook_size", where),
         code_dim=_int(raw, "code_dim", where),
+        codes_per_segment=(
+            _int(raw, "codes_per_segment", where) if "codes_per_segment" in raw else 1
+        ),
         head=_str(raw, "head", where),
         graphs=_graphs(_obj(raw, "graphs", where), where),
         golden=_file_name(_str(raw, "golden", where), where),

@@ -87,15 +87,40 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 
 
 def load_config(path: str | Path | None) -> RunConfig:
-    """Read a YAML config file; None gives the default config."""
+    """Read a YAML config file; None gives the dataclass defaults.
+
+    A file may start from another with `base: FILE` (relative to its own folder): the base is
+    read first and this file's keys override it, section by section. The ablation configs
+    are `base: default.yaml` plus the one thing they change.
+    """
     if path is None:
         return RunConfig()
-    text = Path(path).read_text()
-    values = yaml.safe_load(text) or {}
+    return config_from_dict(_read_yaml(Path(path), ()))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        msg = f"{path}: 'base' chain loops back to itself ({' -> '.join(map(str, seen))})"
+        raise ValueError(msg)
+    values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         msg = f"{path}: a config file is a mapping with keys 'cmg' and/or 'train'"
         raise ValueError(msg)
-    return config_from_dict(values)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    parent = _read_yaml(path.parent / str(base), (*seen, path.resolve()))
+    return _merge(parent, values)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

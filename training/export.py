@@ -68,6 +68,8 @@ def export_onnx(scorer: ModalityScorer, example: dict[str, NDArray[Any]], path: 
         raise ValueError(msg)
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
     batch = Dim("batch")
+    # "torchvision is not installed. Skipping torchvision::nms" and friends: irrelevant here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # exporter progress and deprecation notices
         torch.onnx.export(
@@ -227,6 +229,7 @@ def export_bundle(
         },
         "class_names": log["class_names"],
         "codebook_size": int(scorers["current"].codebook.shape[0]),
+        "codes_per_segment": int(cfg.cmg.code_groups),  # codes per window = segments x this
         "code_dim": int(scorers["current"].codebook.shape[1]),
         "head": head_name,
         "graphs": graphs,

@@ -71,7 +71,7 @@ def assert_detection(out: dict[str, Any], manifest: Manifest) -> None:
     assert out["model_version"] == manifest.model_version
     for modality in out["modalities"]:
         codes = out["codes"][modality]
-        assert len(codes) == manifest.window.segments
+        assert len(codes) == manifest.window.segments * manifest.codes_per_segment
         assert all(0 <= c < manifest.codebook_size for c in codes)
         assert len(out["segment_scores"][modality]) == manifest.window.segments
         assert list(out["per_modality"][modality]["probabilities"]) == names
