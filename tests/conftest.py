@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.helpers.redis_keys import delete_prefix
+
 REDIS_URL = os.environ.get("FURNACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -39,13 +41,7 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     """A fresh `t:{hex}:` prefix; every key under it is deleted after the test."""
     prefix = f"t:{uuid.uuid4().hex[:12]}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.unlink(*keys[i : i + 500])
-    finally:
-        client.close()
+    delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture

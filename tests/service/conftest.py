@@ -32,6 +32,7 @@ from service.bundle import BundleError, Manifest, read_manifest, verify_bundle
 from service.images import encode_png
 from service.settings import Settings
 from service.types import WindowSpec
+from tests.helpers.redis_keys import delete_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = REPO / "models" / "default"
@@ -93,16 +94,6 @@ def module_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"t:{uuid.uuid4().hex[:12]}:"
     yield prefix
     delete_prefix(redis_url, prefix)
-
-
-def delete_prefix(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.unlink(*keys[i : i + 500])
-    finally:
-        client.close()
 
 
 def make_settings(redis_url: str, prefix: str, bundle: Path | str, **overrides: Any) -> Settings:
