@@ -13,46 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from simulator.config import EVIDENCE
 from training.data import Windows
-from training.metrics import conditions_with_evidence, summarise_setting
+from training.metrics import score_setting
 from training.run import MODALITIES, encode_all, fuse, load_run, split_for, window_probs
 from training.splits import SplitData, load_recordings, windows_of
 from training.train_head import Encoded
 
 logger = logging.getLogger(__name__)
-
-CONDITIONS_BY_SETTING: dict[str, list[str]] = {
-    "fused": conditions_with_evidence([], "none"),  # all six
-    "current_only": conditions_with_evidence(["current"]),
-    "camera_only": conditions_with_evidence(["camera"]),
-    "zero_shot_current_to_camera": conditions_with_evidence(["current", "camera"]),
-    "zero_shot_camera_to_current": conditions_with_evidence(["current", "camera"]),
-}
-
-
-def _setting(
-    name: str,
-    w: Windows,
-    probs: NDArray[np.float64],
-    mask: NDArray[np.bool_],
-    threshold: float,
-    events: dict[str, list[dict[str, Any]]],
-) -> dict[str, Any]:
-    out = summarise_setting(
-        y_true=w.label[mask],
-        probs=probs[mask],
-        threshold=threshold,
-        conditions=CONDITIONS_BY_SETTING[name],
-        recording=w.recording[mask],
-        t_end=w.t_end[mask],
-        events=events,
-    )
-    out["threshold"] = threshold
-    return out
 
 
 def cmg_settings(
@@ -64,17 +32,18 @@ def cmg_settings(
     both_valid = test.valid_cur & test.valid_cam
     rows: dict[str, Any] = {}
     p_both = window_probs(model, heads["both"], test, enc)
-    rows["fused"] = _setting("fused", test, fuse(p_both), both_valid, thr["both"]["fused"], events)
+    fused, thr_fused = fuse(p_both), thr["both"]["fused"]
+    rows["fused"] = score_setting("fused", test, fused, both_valid, thr_fused, events)
     for m in MODALITIES:
         p, valid, _ = window_probs(model, heads[m], test, enc)[m]
-        rows[f"{m}_only"] = _setting(f"{m}_only", test, p, valid, thr[m][m], events)
+        rows[f"{m}_only"] = score_setting(f"{m}_only", test, p, valid, thr[m][m], events)
     for src, dst in (("current", "camera"), ("camera", "current")):
         p, valid, _ = window_probs(model, heads[src], test, enc)[dst]
         name = f"zero_shot_{src}_to_{dst}"
-        row = _setting(name, test, p, valid, thr[src][src], events)
+        row = score_setting(name, test, p, valid, thr[src][src], events)
         # The same conditions scored with the target modality's own supervised head.
         p_sup, _, _ = window_probs(model, heads[dst], test, enc)[dst]
-        sup = _setting(name, test, p_sup, valid, thr[dst][dst], events)
+        sup = score_setting(name, test, p_sup, valid, thr[dst][dst], events)
         row["supervised_target_macro_f1"] = sup["macro_f1"]
         row["ratio_to_supervised"] = (
             row["macro_f1"] / sup["macro_f1"] if sup["macro_f1"] > 0 else float("nan")
@@ -102,7 +71,7 @@ def baseline_settings(
         p_val = model.predict_proba(va.x_c, va.baseline)
         thr = threshold_for_false_alarm_rate(1.0 - p_val[va.label == 0, 0], target_far)
         probs = model.predict_proba(test.x_c, test.baseline)
-        row = _setting("current_only", test, probs, valid, thr, events)
+        row = score_setting("current_only", test, probs, valid, thr, events)
         if kind == "iforest":  # no condition names: only detection figures are meaningful
             row["macro_f1"] = row["macro_f1_all"] = float("nan")
         rows[f"baseline_{kind}_current_only"] = row

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from model.features import camera_features, current_features
 from simulator.config import CLASS_NAMES
 from training.data import Windows
-from training.metrics import macro_f1, threshold_for_false_alarm_rate
+from training.metrics import macro_f1, score_setting, threshold_for_false_alarm_rate
 from training.train_head import class_weights
 
 
@@ -129,8 +129,6 @@ def fusion_settings(
     progress: bool,
 ) -> dict[str, Any]:
     """`baseline_fusion_fused`: the two-stream model on test windows with both modalities."""
-    from training.evaluate import _setting
-
     model, thr = train_fusion(
         data.train, data.val, seed=seed, target_far=target_far, progress=progress
     )
@@ -138,4 +136,4 @@ def fusion_settings(
     probs = np.zeros((len(test), len(CLASS_NAMES)))
     idx = np.flatnonzero(valid)
     probs[idx] = _probs(model, test, idx)
-    return {"baseline_fusion_fused": _setting("fused", test, probs, valid, thr, events)}
+    return {"baseline_fusion_fused": score_setting("fused", test, probs, valid, thr, events)}

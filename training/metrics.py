@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from simulator.config import CLASS_NAMES, EVIDENCE
+from training.data import Windows
 
 _RANK = {"none": 0, "weak": 1, "moderate": 2, "strong": 3}
 
@@ -142,3 +143,34 @@ def threshold_for_false_alarm_rate(normal_scores: NDArray[np.float64], rate: flo
         msg = "no normal validation windows to calibrate the threshold on"
         raise ValueError(msg)
     return float(np.quantile(normal_scores, 1.0 - rate, method="higher"))
+
+
+CONDITIONS_BY_SETTING: dict[str, list[str]] = {
+    "fused": conditions_with_evidence([], "none"),  # all six
+    "current_only": conditions_with_evidence(["current"]),
+    "camera_only": conditions_with_evidence(["camera"]),
+    "zero_shot_current_to_camera": conditions_with_evidence(["current", "camera"]),
+    "zero_shot_camera_to_current": conditions_with_evidence(["current", "camera"]),
+}
+
+
+def score_setting(
+    name: str,
+    w: Windows,
+    probs: NDArray[np.float64],
+    mask: NDArray[np.bool_],
+    threshold: float,
+    events: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """One row of the settings table: metrics of `probs` on the windows `mask`."""
+    out = summarise_setting(
+        y_true=w.label[mask],
+        probs=probs[mask],
+        threshold=threshold,
+        conditions=CONDITIONS_BY_SETTING[name],
+        recording=w.recording[mask],
+        t_end=w.t_end[mask],
+        events=events,
+    )
+    out["threshold"] = threshold
+    return out
