@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
+from service.entries import as_text
+
 CONDITION_UNKNOWN: Final = "unknown"  # an episode whose abnormal windows all predicted "normal"
 EVENT_KINDS: Final = ("opened", "updated", "closed")
 DECIDING: Final = ("both", "current", "camera")  # modalities a decision can come from
@@ -207,7 +209,7 @@ class AlertState:
             ValueError: for an empty hash (start from `AlertState(furnace_id)` instead),
                 another version, missing fields or malformed values.
         """
-        d = {_text(k): _text(v) for k, v in data.items()}
+        d = {as_text(k): as_text(v) for k, v in data.items()}
         if not d:
             msg = "empty alert state: start from AlertState(furnace_id)"
             raise ValueError(msg)
@@ -374,7 +376,3 @@ def _recent_dict(r: RecentWindow) -> dict[str, Any]:
 
 def _episode(text: str) -> AlertEpisode | None:
     return AlertEpisode.from_dict(json.loads(text)) if text else None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

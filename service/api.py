@@ -64,7 +64,7 @@ async def post_window(
         # samples or frames, or an image too large to decode, is unprocessable content.
         rt.metrics.window_rejected(source="http", reason=exc.reason)
         raise HTTPException(422, str(exc)) from exc
-    detections = await rt.score([window], "http")
+    detections = await rt.score([window])
     det = detections[0]
     out = detection_dict(det)
     out.update(notes)
@@ -74,7 +74,7 @@ async def post_window(
             rt.client,
             Keys(settings.key_prefix),
             det,
-            rt.consumer.policy if rt.consumer else _policy(rt),
+            rt.policy,
             detections_maxlen=settings.detections_maxlen,
             alerts_maxlen=settings.alerts_maxlen,
             extra={"source": "http"},
@@ -87,13 +87,6 @@ async def post_window(
     out["state_applied"] = result.applied
     out["episode"] = result.state.episode_dict() if result.applied else None
     return out
-
-
-def _policy(rt: Runtime) -> Any:
-    from service.alerting import AlertPolicy
-
-    s = rt.settings
-    return AlertPolicy(k=s.alert_k, n=s.alert_n, m=s.alert_m)
 
 
 @router.get("/v1/furnaces/{furnace_id}/state", response_model=FurnaceState)

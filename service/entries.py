@@ -61,6 +61,11 @@ def field_bytes(fields: dict[Any, Any], name: str) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+def plausible_ts(ts: float, now: float) -> bool:
+    """A finite sensor time after 2000-01-01 and at most MAX_TS_AHEAD past `now`."""
+    return math.isfinite(ts) and MIN_TS <= ts <= now + MAX_TS_AHEAD
+
+
 def parse_ts(fields: dict[Any, Any], now: float) -> float:
     raw = field_bytes(fields, "ts")
     try:
@@ -68,7 +73,7 @@ def parse_ts(fields: dict[Any, Any], now: float) -> float:
     except ValueError:
         msg = f"ts {raw[:40]!r} is not a number"
         raise PoisonEntryError(msg, reason="timestamp") from None
-    if not math.isfinite(ts) or ts < MIN_TS or ts > now + MAX_TS_AHEAD:
+    if not plausible_ts(ts, now):
         msg = f"ts {ts!r} is not a plausible Unix time in seconds"
         raise PoisonEntryError(msg, reason="timestamp")
     return ts

@@ -98,9 +98,10 @@ class StreamConsumer:
         settings: Settings,
         engine: Callable[[], Engine],
         metrics: Metrics,
-        score: Callable[[list[Window], str], Awaitable[list[Detection]]],
+        score: Callable[[list[Window]], Awaitable[list[Detection]]],
         *,
         record: Callable[[Detection, CommitResult | None, str], None],
+        policy: AlertPolicy,
         group_start_id: str = "$",
     ) -> None:
         self.settings = settings
@@ -112,7 +113,7 @@ class StreamConsumer:
         self.group_start_id = group_start_id
         self.consumer = f"shard-{settings.shard_index}"
         self.instance = uuid.uuid4().hex
-        self.policy = AlertPolicy(k=settings.alert_k, n=settings.alert_n, m=settings.alert_m)
+        self.policy = policy
         self.status = ConsumerStatus()
         self.cursors: dict[str, StreamCursor] = {}
         self.assemblers: dict[str, WindowAssembler] = {}
@@ -544,7 +545,7 @@ class StreamConsumer:
 
     # ----------------------------------------------------------------- scoring
     async def score_and_commit(self, windows: list[Window]) -> list[Detection]:
-        detections = await self.score(windows, "redis")
+        detections = await self.score(windows)
         for det in detections:
             result = await commit_detection(
                 self.client,

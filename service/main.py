@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.alerting import AlertPolicy
 from service.engine import Detection, Engine
 from service.ingest import StreamConsumer
 from service.metrics import Metrics
@@ -42,6 +43,7 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     executor: ThreadPoolExecutor
+    policy: AlertPolicy  # alert episodes, for HTTP and Redis detections alike
     engine: Engine | None = None
     client: aioredis.Redis | None = None
     consumer: StreamConsumer | None = None
@@ -60,7 +62,7 @@ class Runtime:
         """Run blocking work (ONNX Runtime, bundle loading) in the inference executor."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
-    async def score(self, windows: Any, source: str) -> list[Detection]:  # noqa: ARG002
+    async def score(self, windows: Any) -> list[Detection]:
         engine = self.current_engine()
 
         def observe(modality: str, seconds: float, batch: int) -> None:
@@ -129,6 +131,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 rt.metrics,
                 rt.score,
                 record=rt.record,
+                policy=rt.policy,
                 group_start_id=app.state.group_start_id,
             )
             await rt.consumer.start()  # refuses a shard layout mismatch
@@ -174,6 +177,7 @@ def create_app(settings: Settings | None = None, *, group_start_id: str = "$") -
         settings=settings,
         metrics=metrics,
         executor=ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference"),
+        policy=AlertPolicy(k=settings.alert_k, n=settings.alert_n, m=settings.alert_m),
     )
     app = FastAPI(
         title="furnace-sentinel",

@@ -15,15 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from service.entries import plausible_ts
 from service.health import DEFAULT_HEALTH, current_health
 from service.images import ImageError, decode_base64_image
 from service.schemas import WindowIn
 from service.settings import Settings
 from service.types import CurrentWindow, Window, WindowSpec
 from service.windows import WindowAssembler
-
-MIN_TS = 946_684_800.0  # 2000-01-01
-MAX_AHEAD_SECONDS = 30 * 86_400.0
 
 
 class RequestError(ValueError):
@@ -35,7 +33,7 @@ class RequestError(ValueError):
 
 
 def _check_time(name: str, ts: float, received_at: float) -> None:
-    if not MIN_TS <= ts <= received_at + MAX_AHEAD_SECONDS:
+    if not plausible_ts(ts, received_at):
         msg = f"{name} {ts!r} is not a plausible sensor time (Unix seconds, after 2000-01-01)"
         raise RequestError(msg, "timestamp")
 

@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from service.alerting import AlertEvent, AlertPolicy, AlertState, DetectionView, next_state
 from service.engine import Detection
+from service.entries import as_text
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def alert_view(det: Detection) -> DetectionView:
 def detection_view(fields: Mapping[Any, Any]) -> DetectionView:
     """A detections-stream entry (as XRANGE returns it) back into what alerting needs, so the
     stream can be replayed through `next_state` (SERVING.md 2.3)."""
-    data = json.loads(_s(fields[b"data"] if b"data" in fields else fields["data"]))
+    data = json.loads(as_text(fields[b"data"] if b"data" in fields else fields["data"]))
     score = data.get("score")
     return DetectionView(
         furnace_id=str(data["furnace_id"]),
@@ -146,7 +147,7 @@ def detection_view(fields: Mapping[Any, Any]) -> DetectionView:
 async def load_state(client: aioredis.Redis, keys: Keys, furnace_id: str) -> dict[str, str]:
     """The raw `furnace:{id}:state` hash as str -> str ({} before any detection)."""
     raw = await client.hgetall(keys.state(furnace_id))
-    return {_s(k): _s(v) for k, v in raw.items()}
+    return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 def parse_state(furnace_id: str, stored: Mapping[str, str]) -> AlertState:
@@ -154,10 +155,6 @@ def parse_state(furnace_id: str, stored: Mapping[str, str]) -> AlertState:
     if not stored:
         return AlertState.initial(furnace_id)
     return AlertState.from_dict(stored)
-
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 async def commit_detection(
@@ -185,7 +182,7 @@ async def commit_detection(
             try:
                 await pipe.watch(key)
                 raw = await pipe.hgetall(key)
-                stored = {_s(k): _s(v) for k, v in raw.items()}
+                stored = {as_text(k): as_text(v) for k, v in raw.items()}
                 state = parse_state(det.furnace_id, stored)
                 last = state.last_window_end
                 if last is not None and det.window_end <= last:

@@ -33,7 +33,7 @@ from torch.export import Dim
 from model.scorer import ModalityScorer
 from training.bundle import BUNDLE_FORMAT, FORMAT_VERSION, write_manifest
 from training.data import Windows
-from training.run import MODALITIES, load_run, split_for, valid_for
+from training.run import MODALITIES, load_run, split_for, subsample, valid_for
 from training.splits import load_recordings
 
 logger = logging.getLogger(__name__)
@@ -132,18 +132,11 @@ def code_usage(scorer: ModalityScorer, w: Windows, index: NDArray[np.int64]) -> 
     return (counts / max(int(counts.sum()), 1)).round(6).tolist()
 
 
-def _pick(mask: NDArray[np.bool_], n: int, seed: int) -> NDArray[np.int64]:
-    idx = np.flatnonzero(mask)
-    if idx.size > n:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=n, replace=False))
-    return idx
-
-
 def _golden_index(w: Windows, modality: str, n: int) -> NDArray[np.int64]:
     """Held-out windows for the golden file: normal and abnormal ones when both exist."""
     valid = valid_for(w, modality)
-    normal = _pick(valid & (w.label == 0), n // 2, 0)
-    abnormal = _pick(valid & (w.label > 0), n - normal.size, 1)
+    normal = subsample(valid & (w.label == 0), n // 2, 0)
+    abnormal = subsample(valid & (w.label > 0), n - normal.size, 1)
     return np.sort(np.concatenate([normal, abnormal]))
 
 
@@ -200,9 +193,10 @@ def export_bundle(
         session = session_for(path)
         ref = torch_outputs(scorer, feeds)
         golden.update({f"{m}/{k}": v for k, v in {**feeds, **ref}.items()})
-        check_idx = _pick(valid_for(data.val, m), 2000, 2)
+        check_idx = subsample(valid_for(data.val, m), 2000, 2)
         parity[m] = measure_parity(scorer, session, scorer_inputs(data.val, m, check_idx))._asdict()
-        usage[m] = code_usage(scorer, data.train, _pick(valid_for(data.train, m), USAGE_WINDOWS, 3))
+        usage_idx = subsample(valid_for(data.train, m), USAGE_WINDOWS, 3)
+        usage[m] = code_usage(scorer, data.train, usage_idx)
         graphs[m] = {
             "file": path.name,
             "inputs": _io_spec(session.get_inputs()),

@@ -40,7 +40,7 @@ def valid_for(w: Windows, modality: str) -> NDArray[np.bool_]:
     return w.valid_cur if modality == "current" else w.valid_cam
 
 
-def _subsample(mask: NDArray[np.bool_], n: int, seed: int) -> NDArray[np.int64]:
+def subsample(mask: NDArray[np.bool_], n: int, seed: int) -> NDArray[np.int64]:
     idx = np.flatnonzero(mask)
     if idx.size <= n:
         return idx
@@ -63,7 +63,7 @@ def _encode_labelled(
     cache = {} if cache is None else cache
     for m in modalities:
         if (id(w), m) not in cache:
-            idx = _subsample(valid_for(w, m), limit, seed)
+            idx = subsample(valid_for(w, m), limit, seed)
             cache[id(w), m] = (encode_windows(model, w, m, index=idx).q, w.label[idx])
     parts = [cache[id(w), m] for m in modalities]
     return torch.cat([q for q, _ in parts]), np.concatenate([y for _, y in parts])
