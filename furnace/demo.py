@@ -166,8 +166,8 @@ def _watch(
                 rows.append(f"  {fid:8s} (waiting for the first window)")
                 continue
             det = json.loads(raw)
-            alert = json.loads(client.hget(f"{prefix}furnace:{fid}:state", "alert") or "{}")
-            open_ep = "ALERT " + _episode_condition(alert) if _episode_open(alert) else ""
+            episode = client.hget(f"{prefix}furnace:{fid}:state", "episode")  # JSON, "" if none
+            open_ep = f"ALERT {json.loads(episode)['condition']}" if episode else ""
             end = float(det["window_end"])
             newest = max(newest, end)
             health = det["health"]
@@ -204,19 +204,6 @@ def _watch(
             idle_since = idle_since or time.monotonic()
             if time.monotonic() - idle_since > 6.0:
                 return events
-
-
-def _episode_open(alert: dict[str, Any]) -> bool:
-    ep = alert.get("episode")
-    return bool(ep) and ep not in ("null", "None")
-
-
-def _episode_condition(alert: dict[str, Any]) -> str:
-    ep = alert.get("episode")
-    if isinstance(ep, str):
-        with contextlib.suppress(ValueError):
-            ep = json.loads(ep)
-    return str(ep.get("condition", "?")) if isinstance(ep, dict) else "?"
 
 
 def _summary(client: Any, prefix: str, replay: Any, events: list[dict[str, str]]) -> None:
