@@ -183,7 +183,8 @@ def _export(args: argparse.Namespace) -> int:
     thr = manifest.thresholds
     print(
         f"  head '{manifest.head}', thresholds current {thr.current:.3f} camera {thr.camera:.3f}"
-        f" fused {thr.fused:.3f} (false-alarm rate {thr.target_far:g} on validation normals)"
+        f" fused {thr.fused:.3f} ({thr.fusion}; false-alarm rate {thr.target_far:g} on"
+        " validation normals)"
     )
     return 0
 

@@ -38,7 +38,7 @@ from model.codebook import Codebook, EMAUpdate, Quantized
 from model.config import CMGConfig
 from model.contrast import cmcm_loss, micu_infonce
 from model.cpc import CrossCPC
-from model.decoders import CameraDecoder, CurrentDecoder
+from model.decoders import CameraDecoder, CurrentDecoder, HotnessDecoder
 from model.diagnostics import code_diagnostics
 from model.encoders import (
     CameraSemanticEncoder,
@@ -46,7 +46,7 @@ from model.encoders import (
     CurrentSemanticEncoder,
     CurrentSpecificEncoder,
 )
-from model.features import CameraInput, frame_target
+from model.features import CameraInput, frame_target, hotness_target
 from model.normalize import InputNorm
 
 _USER = {"current": 0, "camera": 1}  # rows of a shared codebook's idle counters
@@ -56,6 +56,7 @@ class LossBreakdown(NamedTuple):
     """Loss terms of one step (0-dim tensors; zeros for disabled terms)."""
 
     total: Tensor  # rec_c + rec_v + commit + club + cpc + cmcm_weight * cmcm + infonce
+    #                (+ code_target_weight * rec_hotness with code_target "hotness" [ours])
     rec_c: Tensor
     rec_v: Tensor
     commit: Tensor  # own (2 beta) + cross (beta, with mm_ema)
@@ -97,6 +98,8 @@ class CMG(nn.Module):
         self.psi_v = CameraSpecificEncoder(cfg)
         self.dec_c = CurrentDecoder(cfg)
         self.dec_v = CameraDecoder(cfg)
+        # code_target "hotness" [ours]: a map reconstructed from q_v alone
+        self.dec_h = HotnessDecoder(cfg) if cfg.code_target == "hotness" else None
         if cfg.shared_codebook:
             self.codebooks = nn.ModuleDict({"shared": Codebook(cfg.codebook, users=2)})
         else:
@@ -110,6 +113,7 @@ class CMG(nn.Module):
             rich_current=cfg.current_feature_set == "rich",
             camera_norm=cfg.camera_norm,
             camera_diff=cfg.camera_diff,
+            camera_channels=cfg.camera_channels,
         )  # standardisation constants [ours]
 
     # --- public helpers ---------------------------------------------------------------------
@@ -229,7 +233,7 @@ class CMG(nn.Module):
 
     def clip_groups(self) -> dict[str, list[nn.Parameter]]:
         """Main parameters by module, for "clip grad-norm 0.5 per module" (CMG.md 4.8)."""
-        names = ("phi_c", "phi_v", "psi_c", "psi_v", "dec_c", "dec_v", "cpc")
+        names = ("phi_c", "phi_v", "psi_c", "psi_v", "dec_c", "dec_v", "dec_h", "cpc")
         mods = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         return {n: list(m.parameters()) for n, m in mods.items()}
 
@@ -313,6 +317,11 @@ class CMG(nn.Module):
             m_dec = m_v * keep.repeat_interleave(T)[:, None, None, None]
         rec_c = F.mse_loss(self.dec_c(q_c, s_dec), f_c)
         rec_v = F.mse_loss(self.dec_v(q_v, m_dec), frame_target(v_in.pixels, cfg.recon_px))
+        # code_target "hotness" [ours]: the camera codes alone reconstruct a hotness map
+        rec_h = zero
+        if self.dec_h is not None:
+            target = hotness_target(v_in.pixels, cfg.hotness_px, v_in.extra)
+            rec_h = F.mse_loss(self.dec_h(q_v), target)
 
         # 4.6 CLUB(q_m; s_m), q-nets optionally fitted first on detached pairs
         club_c = club_v = club_nll = zero
@@ -352,7 +361,8 @@ class CMG(nn.Module):
             + cpc_loss
             + cfg.cmcm_weight * cmcm
             + fine
-            + coarse,
+            + coarse
+            + cfg.code_target_weight * rec_h,
             rec_c=rec_c,
             rec_v=rec_v,
             commit=commit_own + commit_cross,
@@ -380,6 +390,7 @@ class CMG(nn.Module):
             "commit_cross": commit_cross,
             "infonce_fine": fine,
             "infonce_coarse": coarse,
+            "rec_hotness": rec_h,  # unweighted; in total with code_target_weight
         }
         diagnostics.update({k: v.detach() for k, v in extra.items()})
         return CMGOutput(loss, quant_c.codes, quant_v.codes, diagnostics)

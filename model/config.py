@@ -15,6 +15,9 @@ CURRENT_FEATURE_SETS = ("base", "rich")  # 28 features per segment (CMG.md 2) | 
 CAMERA_POOLS = ("attention", "attention_max")  # Phi_v pooling; "attention_max" adds a spatial max
 CAMERA_NORMS = ("global", "frame")  # per-channel constants (CMG.md 2) | per-frame standardisation
 CAMERA_DIFFS = ("previous", "first")  # residual against frame_{t-1} (CMG.md 2) | the window's first
+CAMERA_CHANNELS = ("rgb", "physics")  # stem input: CMG.md 2 | + redness, local contrast
+CODE_TARGETS = ("none", "hotness")  # extra target reconstructed from the camera codes alone
+PHYSICS_CHANNELS = 2  # camera_channels "physics" (features.physics_channels)
 HEAD_POOLS = ("max", "meanmax")  # DetectorHead pooling over segments
 RICH_CURRENT_EXTRA = 19  # extra features of current_feature_set "rich" (features.py)
 
@@ -120,6 +123,9 @@ class CMGConfig:
     camera_diff: str = "previous"  # "first": residual against the window's first frame
     specific_dropout: float = 0.0  # P(specific features zeroed in the decoders), per sample
     head_pool: str = "max"  # "meanmax": head pools mean ‖ max over segments
+    camera_channels: str = "rgb"  # "physics": stems also read redness and local contrast
+    code_target: str = "none"  # "hotness": q_v alone reconstructs a low-res hotness map
+    code_target_weight: float = 1.0  # weight of that reconstruction in the total loss
 
     def __post_init__(self) -> None:
         enc, book = self.encoder, self.codebook
@@ -139,12 +145,15 @@ class CMGConfig:
             ("camera_norm", CAMERA_NORMS),
             ("camera_diff", CAMERA_DIFFS),
             ("head_pool", HEAD_POOLS),
+            ("camera_channels", CAMERA_CHANNELS),
+            ("code_target", CODE_TARGETS),
         ):
             _require(
                 getattr(self, name) in allowed,
                 f"{name} must be one of {allowed}, got {getattr(self, name)!r}",
             )
         _require(0.0 <= self.specific_dropout < 1.0, "specific_dropout must be in [0, 1)")
+        _require(self.code_target_weight >= 0.0, "code_target_weight must be >= 0")
         _require(self.samples_per_segment >= 1, f"samples_per_segment >= 1, got {self}")
         _require(self.n_classes >= 2, f"n_classes must be >= 2, got {self.n_classes}")
         _require(
@@ -191,6 +200,16 @@ class CMGConfig:
         plus RICH_CURRENT_EXTRA with current_feature_set "rich"."""
         extra = RICH_CURRENT_EXTRA if self.current_feature_set == "rich" else 0
         return 3 * self.samples_per_segment + 16 + extra
+
+    @property
+    def camera_extra_channels(self) -> int:
+        """Physics channels the camera stems read besides the six of CMG.md 2 (0 or 2)."""
+        return PHYSICS_CHANNELS if self.camera_channels == "physics" else 0
+
+    @property
+    def hotness_px(self) -> int:
+        """Side of the code_target "hotness" map (frame_px / 4)."""
+        return self.frame_px // 4
 
     @property
     def map_px(self) -> int:

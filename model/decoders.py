@@ -1,4 +1,5 @@
-"""Reconstruction decoders Dec_c and Dec_v (CMG.md 3 and 4.8); training only."""
+"""Reconstruction decoders Dec_c and Dec_v (CMG.md 3 and 4.8), and the code-only hotness
+decoder of code_target "hotness" [ours]; training only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import CMGConfig
+from model.features import HOTNESS_CHANNELS
+
+HOTNESS_HIDDEN = 256  # hidden width of the hotness decoder
 
 
 class CurrentDecoder(nn.Module):
@@ -74,3 +78,25 @@ class CameraDecoder(nn.Module):
         h, w = m_v.shape[-2:]
         tiled = self.proj(q_v).reshape(B * T, D, 1, 1).expand(-1, -1, h, w)  # (B*T, D, h, w)
         return self.rest(self.first(torch.cat([tiled, m_v], dim=1)))
+
+
+class HotnessDecoder(nn.Module):
+    """Dec_h [ours]: q_v alone -> Linear(D, 256) + ReLU -> Linear -> (3, px, px) hotness map.
+
+    No specific features reach it, so whatever it reconstructs (a local hot spot, ejecta,
+    features.hotness_target) must be carried by the camera codes.
+    """
+
+    def __init__(self, cfg: CMGConfig) -> None:
+        super().__init__()
+        self.px = cfg.hotness_px
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.encoder.dim, HOTNESS_HIDDEN),
+            nn.ReLU(inplace=True),
+            nn.Linear(HOTNESS_HIDDEN, HOTNESS_CHANNELS * self.px * self.px),
+        )
+
+    def forward(self, q_v: Tensor) -> Tensor:
+        """Args: q_v (B, T, D) camera code. Returns: (B*T, 3, px, px) hotness map."""
+        B, T, D = q_v.shape
+        return self.mlp(q_v.reshape(B * T, D)).reshape(B * T, HOTNESS_CHANNELS, self.px, self.px)

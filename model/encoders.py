@@ -87,24 +87,34 @@ class CameraStem(nn.Module):
     The first conv is one Conv2d over the six camera channels, applied as the sum of its
     standardised-frame half and its residual half, which equals the conv of the
     concatenation without building it (interleaving 6 channels costs more than the conv).
+    With `extra` physics channels (camera_channels "physics" [ours]) the first conv has
+    6 + extra input channels and `cam.extra` is convolved with the last ones the same way.
     """
 
-    def __init__(self, channels: tuple[int, int]) -> None:
+    def __init__(self, channels: tuple[int, int], extra: int = 0) -> None:
         super().__init__()
         c0, c1 = channels
-        self.patch = nn.Conv2d(6, c0, kernel_size=4, stride=4)
+        self.extra = extra
+        self.patch = nn.Conv2d(6 + extra, c0, kernel_size=4, stride=4)
         self.merge = nn.Conv2d(c0, c1, kernel_size=2, stride=2)
 
     def forward(self, cam: CameraInput) -> Tensor:
-        """Args: cam with (B, T, 3, H, W) halves. Returns: (B*T, c1, H/8, W/8)."""
+        """Args: cam with (B, T, 3, H, W) halves (and (B, T, E, H, W) extra when E > 0).
+        Returns: (B*T, c1, H/8, W/8)."""
         B, T, C, H, W = cam.standard.shape
         standard = cam.standard.reshape(B * T, C, H, W)  # channels-last view
         diff = cam.diff.reshape(B * T, C, H, W)
-        w = self.patch.weight  # (c0, 6, 4, 4)
+        w = self.patch.weight  # (c0, 6 + E, 4, 4)
         y = F.conv2d(standard, w[:, :C], self.patch.bias, stride=4)  # (B*T, c0, H/4, W/4)
         # in place: no conv backward needs its own output, so this is safe for autograd
-        y = F.relu(y.add_(F.conv2d(diff, w[:, C:], None, stride=4)), inplace=True)
-        return F.relu(self.merge(y), inplace=True)
+        y = y.add_(F.conv2d(diff, w[:, C : 2 * C], None, stride=4))
+        if self.extra:
+            if cam.extra is None:
+                msg = "this stem takes physics channels: build the input with channels='physics'"
+                raise ValueError(msg)
+            extra = cam.extra.reshape(B * T, self.extra, H, W)
+            y = y.add_(F.conv2d(extra, w[:, 2 * C :], None, stride=4))
+        return F.relu(self.merge(F.relu(y, inplace=True)), inplace=True)
 
 
 class SEGate(nn.Module):
@@ -170,7 +180,7 @@ class CameraSemanticEncoder(nn.Module):
     def __init__(self, cfg: CMGConfig) -> None:
         super().__init__()
         enc = cfg.encoder
-        self.stem = CameraStem(enc.stem_channels)
+        self.stem = CameraStem(enc.stem_channels, cfg.camera_extra_channels)
         self.gate = SEGate(enc.stem_channels[1], enc.se_reduction)
         self.pool = AttentionPool(enc.stem_channels[1])
         # "attention_max" [ours]: the spatial max of the gated map as well, which a small
@@ -208,7 +218,7 @@ class CameraSpecificEncoder(nn.Module):
     def __init__(self, cfg: CMGConfig) -> None:
         super().__init__()
         enc = cfg.encoder
-        self.stem = CameraStem(enc.specific_channels)
+        self.stem = CameraStem(enc.specific_channels, cfg.camera_extra_channels)
         c = enc.specific_channels[1]
         self.mlp = nn.Sequential(nn.Linear(c, enc.dim), nn.ReLU(), nn.Linear(enc.dim, enc.dim))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 CURRENT_SCALE_A = 20000.0  # measurement ceiling (FURNACE.md 2), maps currents to [0, 1]
@@ -93,13 +94,20 @@ class CameraInput(NamedTuple):
     standard: Tensor  # (B, T, 3, H, W) frame_t / 255, standardised per channel
     diff: Tensor  # (B, T, 3, H, W) (frame_t - frame_{t-1}) / 255, zero for t = 0
     pixels: Tensor  # (B, T, 3, H, W) frame_t as float in [0, 255]
+    extra: Tensor | None = None  # (B, T, E, H, W) physics channels (camera_channels) [ours]
 
 
 FRAME_STD_FLOOR = 0.02  # camera_norm "frame": floor of a frame's channel std ([0, 1] scale)
 
 
 def camera_inputs(
-    x_v: Tensor, mean: Tensor, std: Tensor, *, norm: str = "global", diff_to: str = "previous"
+    x_v: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    *,
+    norm: str = "global",
+    diff_to: str = "previous",
+    channels: str = "rgb",
 ) -> CameraInput:
     """Camera input halves (CMG.md 2), computed without interleaving the six channels.
 
@@ -113,9 +121,11 @@ def camera_inputs(
             frame's own per-channel mean and std (floored), which removes exposure gain.
         diff_to: "previous": frame_t - frame_{t-1} (CMG.md 2); "first" [ours]: frame_t minus
             the window's first frame, a trailing reference that accumulates slow change.
+        channels: "rgb" (CMG.md 2); "physics" [ours] adds `physics_channels` as `extra`.
 
     Returns:
-        CameraInput(standard, diff, pixels), each (B, T, 3, H, W) float32.
+        CameraInput(standard, diff, pixels, extra), each (B, T, 3, H, W) float32; extra is
+        None for "rgb", else (B, T, PHYSICS_CHANNELS, H, W).
     """
     B, T, H, W, C = x_v.shape
     pixels = x_v.float().reshape(B, T, H, W * C)  # (B, T, H, W*3)
@@ -136,7 +146,87 @@ def camera_inputs(
     def _channels_first(x: Tensor) -> Tensor:
         return x.reshape(B, T, H, W, C).permute(0, 1, 4, 2, 3)  # (B, T, 3, H, W)
 
-    return CameraInput(_channels_first(standard), _channels_first(diff), _channels_first(pixels))
+    pixels_cf = _channels_first(pixels)
+    extra = physics_channels(pixels_cf) if channels == "physics" else None
+    return CameraInput(_channels_first(standard), _channels_first(diff), pixels_cf, extra)
+
+
+PHYSICS_CHANNELS = 2  # camera_channels "physics": redness, local contrast
+LOCAL_CELL_PX = 4  # local contrast: brightness minus the mean of the 3 x 3 cells of this side
+REDNESS_GAIN = 4.0  # fixed gains bring both physics channels to roughly unit spread
+CONTRAST_GAIN = 8.0
+
+
+def _box_blur3(x: Tensor) -> Tensor:
+    """Mean over the 3 x 3 neighbourhood of each position, inside the map only (separable).
+
+    Args:
+        x: (N, 1, h, w).
+
+    Returns:
+        (N, 1, h, w); exact box mean over the part of the box inside the map.
+    """
+    x = F.avg_pool2d(x, (1, 3), stride=1, padding=(0, 1), count_include_pad=False)
+    return F.avg_pool2d(x, (3, 1), stride=1, padding=(1, 0), count_include_pad=False)
+
+
+def physics_channels(pixels: Tensor) -> Tensor:
+    """Physics-informed camera channels [ours]: what makes a local incandescent spot stand out.
+
+    Redness (R - B) / 255 separates orange-hot metal from the whitish mist veil and the grey
+    shell, whatever the exposure; local contrast (brightness / 255 minus the mean brightness
+    of the surrounding 3 x 3 cells of LOCAL_CELL_PX px, i.e. a 12 px box at 64 px, computed
+    at cell resolution for CPU speed) isolates a local bright blob from global brightness,
+    flicker and exposure gain. Both are scaled by fixed gains; all-zero frames give zeros.
+
+    Args:
+        pixels: (B, T, 3, H, W) frames as floats in [0, 255]; H, W multiples of LOCAL_CELL_PX.
+
+    Returns:
+        (B, T, 2, H, W) float32: REDNESS_GAIN * redness, CONTRAST_GAIN * local contrast.
+    """
+    B, T, C, H, W = pixels.shape
+    k = LOCAL_CELL_PX
+    h, w = H // k, W // k
+    unit = pixels * (1.0 / 255.0)
+    redness = unit[:, :, 0] - unit[:, :, 2]  # (B, T, H, W)
+    bright = (unit[:, :, 0] + unit[:, :, 1] + unit[:, :, 2]) * (1.0 / 3.0)  # (B, T, H, W)
+    cells = F.avg_pool2d(bright.reshape(B * T, 1, H, W), kernel_size=k)  # (B*T, 1, h, w)
+    around = _box_blur3(cells).reshape(B * T, h, 1, w, 1)
+    local = (bright.reshape(B * T, h, k, w, k) - around).reshape(B, T, H, W)
+    return torch.stack([REDNESS_GAIN * redness, CONTRAST_GAIN * local], dim=2)
+
+
+HOTNESS_CHANNELS = 3  # code_target "hotness": local glow, redness, saturation
+SATURATION_FLOOR = 200.0  # code_target "hotness": min(R, G, B) above this counts as saturated
+HOTNESS_GAINS = (50.0, 10.0, 20.0)  # bring each hotness channel to roughly unit spread
+
+
+def hotness_target(pixels: Tensor, px: int, physics: Tensor | None = None) -> Tensor:
+    """Low-resolution "hotness" map that code_target "hotness" reconstructs from codes [ours].
+
+    Channels, each area-averaged to px x px and multiplied by HOTNESS_GAINS: positive local
+    contrast (brightness above its surroundings, / 255), positive redness (R - B) / 255, and
+    saturation relu(min(R, G, B) - SATURATION_FLOOR) / (255 - SATURATION_FLOOR). A hot spot
+    raises the first two locally, ejecta the first and third; mist and exposure move them
+    little.
+
+    Args:
+        pixels: (B, T, 3, H, W) frames as floats in [0, 255]; H = W, a multiple of px.
+        px: target side.
+        physics: `physics_channels(pixels)` (B, T, 2, H, W) if already computed.
+
+    Returns:
+        (B*T, 3, px, px) float32, zeros for all-zero frames.
+    """
+    B, T, C, H, W = pixels.shape
+    phys = physics_channels(pixels) if physics is None else physics  # (B, T, 2, H, W)
+    glow = F.relu(phys[:, :, 1]) * (HOTNESS_GAINS[0] / CONTRAST_GAIN)
+    red = F.relu(phys[:, :, 0]) * (HOTNESS_GAINS[1] / REDNESS_GAIN)
+    sat = F.relu(pixels.amin(dim=2) - SATURATION_FLOOR)
+    sat = sat * (HOTNESS_GAINS[2] / (255.0 - SATURATION_FLOOR))
+    maps = torch.stack([glow, red, sat], dim=2).reshape(B * T, HOTNESS_CHANNELS, H, W)
+    return F.avg_pool2d(maps, kernel_size=H // px)
 
 
 def camera_features(x_v: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -38,11 +38,13 @@ class InputNorm(nn.Module):
         rich_current: bool = False,
         camera_norm: str = "global",
         camera_diff: str = "previous",
+        camera_channels: str = "rgb",
     ) -> None:
         super().__init__()
         self.rich_current = rich_current  # append rich_current_features [ours]
         self.camera_norm = camera_norm
         self.camera_diff = camera_diff
+        self.camera_channels = camera_channels  # "physics": + redness, local contrast [ours]
         self.register_buffer("camera_mean", torch.full((3,), 0.5))  # [0, 1] scale
         self.register_buffer("camera_std", torch.full((3,), 0.5))
         self.register_buffer("current_mean", torch.zeros(current_features))  # (F_c,)
@@ -115,7 +117,12 @@ class InputNorm(nn.Module):
         """
         self.autoset("camera", x_v)
         return camera_inputs(
-            x_v, self.camera_mean, self.camera_std, norm=self.camera_norm, diff_to=self.camera_diff
+            x_v,
+            self.camera_mean,
+            self.camera_std,
+            norm=self.camera_norm,
+            diff_to=self.camera_diff,
+            channels=self.camera_channels,
         )
 
 

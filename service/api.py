@@ -14,10 +14,9 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from service.auth import require_key
-from service.bundle import BundleError
 from service.engine import Engine
 from service.images import ImageError
-from service.main import Runtime
+from service.main import ReloadRefusedError, Runtime
 from service.requests import RequestError, window_from_request
 from service.schemas import DetectionOut, FurnaceState, ReloadIn, WindowIn
 from service.store import Keys, commit_detection, detection_dict, load_state, parse_state
@@ -53,6 +52,21 @@ async def post_window(
     rt = _rt(request)
     settings = rt.settings
     engine = rt.current_engine()
+    if rt.http_pending >= settings.http_queue:
+        rt.metrics.window_rejected(source="http", reason="busy")
+        msg = f"{rt.http_pending} windows are waiting for inference; retry shortly"
+        raise HTTPException(503, msg, headers={"Retry-After": "1"})
+    rt.http_pending += 1
+    try:
+        return await _score_window(rt, body, furnace_id, engine)
+    finally:
+        rt.http_pending -= 1
+
+
+async def _score_window(
+    rt: Runtime, body: WindowIn, furnace_id: str, engine: Engine
+) -> dict[str, Any]:
+    settings = rt.settings
     try:
         window, notes = await rt.in_executor(
             lambda: window_from_request(
@@ -139,10 +153,12 @@ async def furnaces(request: Request) -> dict[str, Any]:
 @router.get("/v1/model")
 async def model_info(request: Request) -> dict[str, Any]:
     """A summary of the served bundle's manifest."""
-    engine = _rt(request).current_engine()
+    rt = _rt(request)
+    engine = rt.current_engine()
     m = engine.manifest
     raw = m.raw
     return {
+        "bundle": rt.bundle_name,
         "name": m.name,
         "model_version": m.model_version,
         "format_version": m.format_version,
@@ -170,28 +186,24 @@ async def reload_model(request: Request, body: ReloadIn) -> dict[str, Any]:
         raise HTTPException(status.HTTP_409_CONFLICT, "a reload is already running")
     async with rt.reload_lock:
         path = rt.settings.bundle_path(body.bundle)
-        old = rt.current_engine().model_version
-        threads = rt.settings.intra_op_threads
         try:
-            engine = await asyncio.to_thread(Engine, path, intra_op_threads=threads)
-        except (BundleError, OSError) as exc:
-            rt.metrics.model_reload(outcome="failed")
-            logger.warning("reload of %s refused: %s", path, exc)
-            raise HTTPException(422, f"bundle refused, still serving {old}: {exc}") from exc
-        if engine.manifest.window != rt.current_engine().manifest.window:
-            rt.metrics.model_reload(outcome="failed")
-            msg = f"bundle refused, still serving {old}: its window geometry differs; restart"
-            msg += " the service with FURNACE_BUNDLE to change it"
-            raise HTTPException(422, msg)
-        rt.engine = engine  # in-flight work keeps the engine it already holds
-        rt.metrics.model_reload(outcome="ok")
-        rt.metrics.set_model_info(
-            model_version=engine.model_version,
-            bundle_sha256=engine.bundle_sha256,
-            provider=engine.provider,
-        )
-        logger.info("reloaded: %s -> %s", old, engine.model_version)
-        return {"previous": old, "model_version": engine.model_version, "bundle": str(path)}
+            old, engine = await rt.reload(body.bundle)
+        except ReloadRefusedError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        if body.fleet:
+            assert rt.client is not None
+            try:  # the other replicas follow on their next poll of model:desired
+                await rt.client.set(f"{rt.settings.key_prefix}model:desired", body.bundle)
+                rt.desired_seen = body.bundle
+            except RedisError as exc:
+                msg = f"reloaded here, but model:desired could not be set: {exc!r}"
+                raise HTTPException(503, msg, headers={"Retry-After": "5"}) from exc
+        return {
+            "previous": old,
+            "model_version": engine.model_version,
+            "bundle": str(path),
+            "fleet": body.fleet,
+        }
 
 
 @router.get("/healthz", include_in_schema=False)

@@ -45,19 +45,38 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
 
 
+FUSION_RULES = ("max_ratio", "average")
+RATIO_FLOOR = 1e-6  # a modality threshold below this is floored before dividing by it
+MAX_RATIO_THRESHOLD = 1e6
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """Score thresholds (score = 1 - p(normal)), each at `target_far` on validation normals."""
+    """Decision thresholds, each at `target_far` false alarms on validation normals.
+
+    `current` and `camera` are on score = 1 - p(normal). `fusion` says what `fused` is:
+    "max_ratio" (format 1 bundles exported since the fusion change): each modality's score
+    divided by its own threshold, the larger ratio against `fused`; "average" (older
+    bundles): 1 - p(normal) of the averaged probabilities against `fused`.
+    """
 
     current: float
     camera: float
     fused: float
     target_far: float
+    fusion: str = "average"
 
     def for_modalities(self, used: tuple[str, ...]) -> float:
+        """The threshold a decision by the modalities `used` is compared with."""
         if len(used) == 2:
             return self.fused
+        if self.fusion == "max_ratio":  # one modality: its score ratio against 1
+            return 1.0
         return self.current if used == ("current",) else self.camera
+
+    def modality(self, name: str) -> float:
+        """A single modality's threshold on 1 - p(normal)."""
+        return self.current if name == "current" else self.camera
 
 
 @dataclass(frozen=True)
@@ -275,11 +294,16 @@ def _graphs(raw: dict[str, Any], where: str) -> dict[str, GraphSpec]:
 
 def _thresholds(raw: dict[str, Any], where: str) -> Thresholds:
     w = f"{where} thresholds"
+    fusion = raw.get("fusion", "average")
+    if fusion not in FUSION_RULES:
+        raise _fail(w, "fusion", f"must be one of {FUSION_RULES}, got {fusion!r}")
+    fused_hi = MAX_RATIO_THRESHOLD if fusion == "max_ratio" else 1.0
     return Thresholds(
         current=_num(raw, "current", w, 0.0, 1.0),
         camera=_num(raw, "camera", w, 0.0, 1.0),
-        fused=_num(raw, "fused", w, 0.0, 1.0),
+        fused=_num(raw, "fused", w, 0.0, fused_hi),
         target_far=_num(raw, "target_far", w, 0.0, 1.0),
+        fusion=fusion,
     )
 
 

@@ -5,11 +5,15 @@ manifest's input/output names and warmed on the bundle's golden windows before i
 (SERVING.md 3.1, 5.5). `run()` is thread-safe and releases the GIL; callers run `score`
 in a worker thread, never on the event loop.
 
-Decision (the same rule `furnace evaluate` scores): probabilities of the usable modalities are
-averaged (one usable: that one alone), score = 1 - p(normal), abnormal when score > the
-threshold calibrated for that modality set (fused, current or camera). The condition is the
-most probable class; when the window is abnormal but `normal` is still the most probable
-class, it is the most probable abnormal class.
+Decision (the rule `furnace evaluate` scores for the bundle's `thresholds.fusion`):
+- "max_ratio": each usable modality's score 1 - p(normal) is divided by that modality's
+  calibrated threshold; the window's score is the larger ratio, its probabilities are that
+  (leading) modality's, and it is abnormal when the score exceeds the fused threshold (both
+  usable) or 1 (one usable). Either sensor can raise the alarm.
+- "average" (older bundles): the usable modalities' probabilities are averaged, score =
+  1 - p(normal) against the threshold calibrated for that modality set.
+The condition is the most probable class; when the window is abnormal but `normal` is still
+the most probable class, it is the most probable abnormal class.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from service.bundle import OUTPUT_NAMES, BundleError, Manifest, verify_bundle
+from service.bundle import OUTPUT_NAMES, RATIO_FLOOR, BundleError, Manifest, verify_bundle
 from service.types import MODALITIES, Window
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class Detection:
     health: dict[str, str]
     per_modality: dict[str, ModalityResult] = field(default_factory=dict)
     code_agreement: float | None = None
+    lead: str = ""  # the modality whose view decided (max_ratio) or "" (averaged / none)
     model_version: str = ""
     class_names: tuple[str, ...] = ()  # the order of every probability vector
 
@@ -232,9 +237,17 @@ class Engine:
                 model_version=self.model_version,
                 class_names=names,
             )
-        probs = np.mean([results[m].probs for m in used], axis=0)
-        score = float(1.0 - probs[0])
-        threshold = self.manifest.thresholds.for_modalities(used)
+        thr = self.manifest.thresholds
+        threshold = thr.for_modalities(used)
+        lead = ""
+        if thr.fusion == "max_ratio":
+            ratio = {m: results[m].score / max(thr.modality(m), RATIO_FLOOR) for m in used}
+            lead = max(used, key=lambda m: ratio[m])
+            probs = np.asarray(results[lead].probs)
+            score = float(ratio[lead])
+        else:
+            probs = np.mean([results[m].probs for m in used], axis=0)
+            score = float(1.0 - probs[0])
         abnormal = score > threshold
         top = int(probs.argmax())
         if abnormal and top == 0:
@@ -253,6 +266,7 @@ class Engine:
             health=health,
             per_modality=results,
             code_agreement=agreement,
+            lead=lead,
             model_version=self.model_version,
             class_names=names,
         )

@@ -431,7 +431,26 @@ class StreamConsumer:
                 claimed += len(batch)
                 logger.info("claimed %d abandoned entries", len(batch))
                 await self.process(batch, recheck_deliveries=True, full=full)
+        await self.prune_consumers()
         return claimed
+
+    async def prune_consumers(self) -> int:
+        """XGROUP DELCONSUMER consumer names of owned streams that hold nothing pending and
+        were idle past claim_min_idle_ms (a crashed or retired shard; SERVING.md 1.3). A live
+        consumer pruned by mistake is recreated by its next XREADGROUP; nothing is lost
+        because only names without pending entries go. Returns how many were removed."""
+        removed = 0
+        for key in list(self.cursors):
+            for row in await self.client.xinfo_consumers(key, GROUP):
+                name = as_text(row["name"])
+                if name == self.consumer or int(row["pending"]):
+                    continue
+                # `idle`: since the last attempted read; a live consumer reads every BLOCK
+                if int(row["idle"]) > self.settings.claim_min_idle_ms:
+                    await self.client.xgroup_delconsumer(key, GROUP, name)
+                    removed += 1
+                    logger.info("removed idle consumer %s of %s", name, key)
+        return removed
 
     async def _deliveries(self, key: str, ids: list[str]) -> dict[str, int]:
         if not ids:

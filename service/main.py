@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.alerting import AlertPolicy
+from service.bundle import BundleError
 from service.engine import Detection, Engine
 from service.ingest import StreamConsumer
 from service.metrics import Metrics
@@ -51,6 +52,10 @@ class Runtime:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     draining: bool = False
     load_error: str | None = None
+    bundle_name: str = ""  # what the engine was loaded as (FURNACE_BUNDLE or a reload)
+    desired_seen: str | None = None  # the last `model:desired` value acted on
+    watch_task: asyncio.Task[None] | None = None
+    http_pending: int = 0  # HTTP windows waiting for or in inference
 
     def current_engine(self) -> Engine:
         if self.engine is None:
@@ -69,6 +74,72 @@ class Runtime:
             self.metrics.observe_inference(modality=modality, seconds=seconds, batch_size=batch)
 
         return await self.in_executor(lambda: engine.score(windows, observe))
+
+    async def reload(self, name: str) -> tuple[str, Engine]:
+        """Verify, build and warm the bundle `name`, then swap it in (SERVING.md 3.2).
+
+        The caller holds `reload_lock`. Returns (previous model version, new engine).
+
+        Raises:
+            ReloadRefusedError: the bundle failed a check; the old engine keeps serving.
+        """
+        path = self.settings.bundle_path(name)
+        old = self.current_engine()
+        threads = self.settings.intra_op_threads
+        try:
+            engine = await asyncio.to_thread(Engine, path, intra_op_threads=threads)
+        except (BundleError, OSError) as exc:
+            self.metrics.model_reload(outcome="failed")
+            logger.warning("reload of %s refused: %s", path, exc)
+            msg = f"bundle refused, still serving {old.model_version}: {exc}"
+            raise ReloadRefusedError(msg) from exc
+        if engine.manifest.window != old.manifest.window:
+            self.metrics.model_reload(outcome="failed")
+            msg = f"bundle refused, still serving {old.model_version}: its window geometry"
+            msg += " differs; restart the service with FURNACE_BUNDLE to change it"
+            raise ReloadRefusedError(msg)
+        self.engine = engine  # in-flight work keeps the engine it already holds
+        self.bundle_name = name
+        self.metrics.model_reload(outcome="ok")
+        self.metrics.set_model_info(
+            model_version=engine.model_version,
+            bundle_sha256=engine.bundle_sha256,
+            provider=engine.provider,
+        )
+        logger.info("reloaded: %s -> %s (%s)", old.model_version, engine.model_version, path)
+        return old.model_version, engine
+
+    async def follow_desired(self) -> None:
+        """Reload when `{prefix}model:desired` names another bundle than the last one seen
+        (SERVING.md 3.2: each replica reloads itself). A refused bundle is not retried until
+        the key changes again."""
+        assert self.client is not None
+        raw = await self.client.get(f"{self.settings.key_prefix}model:desired")
+        if raw is None:
+            return
+        name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if name == self.desired_seen:
+            return
+        self.desired_seen = name
+        if name == self.bundle_name or self.reload_lock.locked():
+            if self.reload_lock.locked():
+                self.desired_seen = None  # try again on the next poll
+            return
+        async with self.reload_lock:
+            try:
+                self.settings.bundle_path(name)
+                await self.reload(name)
+            except (ReloadRefusedError, ValueError) as exc:
+                logger.warning("model:desired = %r not loaded: %s", name, exc)
+
+    async def watch_desired(self) -> None:
+        """Poll `model:desired` every `model_poll_seconds` until the app stops."""
+        while not self.draining:
+            try:
+                await self.follow_desired()
+            except Exception as exc:  # noqa: BLE001 - Redis down: keep serving, retry later
+                logger.warning("cannot read model:desired: %r", exc)
+            await asyncio.sleep(self.settings.model_poll_seconds)
 
     def record(self, det: Detection, result: CommitResult | None, source: str) -> None:
         """Metrics of one scored (and maybe committed) detection."""
@@ -89,6 +160,10 @@ class Runtime:
                     m.alert_opened(furnace_id=det.furnace_id, condition=ev.condition)
                 elif ev.kind == "closed":
                     m.alert_closed(furnace_id=det.furnace_id, condition=ev.condition)
+
+
+class ReloadRefusedError(RuntimeError):
+    """A bundle that failed verification, warm-up or the window check; nothing changed."""
 
 
 def _consumer_failed(task: asyncio.Task[None], runtime: Runtime) -> None:
@@ -122,7 +197,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         provider=rt.engine.provider,
     )
     logger.info("serving %s (%s) from %s", rt.engine.model_version, rt.engine.provider, path)
+    rt.bundle_name = settings.bundle
     rt.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10.0)
+    if settings.model_poll_seconds > 0:
+        rt.watch_task = asyncio.create_task(rt.watch_desired(), name="model-desired")
     try:
         if settings.ingest:
             rt.consumer = StreamConsumer(
@@ -150,6 +228,8 @@ async def _shutdown(rt: Runtime) -> None:
     """SERVING.md 5.4: stop reading, let the batch in hand finish and ack, release the lease,
     close the Redis clients; whatever was not acked stays pending for the restart."""
     rt.draining = True
+    if rt.watch_task is not None:
+        rt.watch_task.cancel()
     if rt.consumer is not None:
         rt.consumer.stop()  # the short BLOCK returns; the batch in hand finishes and acks
         task = rt.consumer_task

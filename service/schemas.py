@@ -78,6 +78,10 @@ class DetectionOut(BaseModel):
     is_abnormal: bool
     modalities: list[str]
     decided_by: str
+    lead: str | None = Field(
+        None,
+        description="max_ratio fusion: the modality whose score ratio decided the window",
+    )
     health: dict[str, str]
     codes: dict[str, list[int]]
     code_agreement: float | None
@@ -101,4 +105,7 @@ class ReloadIn(BaseModel):
     model_config = STRICT
     bundle: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="a folder under models/"
+    )
+    fleet: bool = Field(
+        False, description="also set model:desired, so every replica loads this bundle"
     )

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     models_dir: Path = REPO_MODELS
     intra_op_threads: int = Field(1, ge=1, le=64)
     inference_workers: int = Field(1, ge=1, le=16)
+    model_poll_seconds: float = Field(5.0, ge=0)  # poll model:desired; 0 turns it off
 
     # Security (SERVING.md 5.1): keys from the environment or files, one key per line
     api_keys: CommaList = []
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
     auth_disabled: bool = False
     http_concurrency: int = Field(256, ge=1)  # beyond it uvicorn answers 503
     max_body_bytes: int = Field(8_000_000, ge=1024)
+    http_queue: int = Field(32, ge=1)  # HTTP windows waiting for inference; beyond: 503
     max_frames: int = Field(64, ge=1, le=10_000)
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
 

@@ -91,6 +91,7 @@ def detection_dict(det: Detection) -> dict[str, Any]:
         "is_abnormal": det.is_abnormal,
         "modalities": list(det.modalities),
         "decided_by": det.decided_by,
+        "lead": det.lead or None,
         "health": det.health,
         "codes": {m: r.codes for m, r in det.per_modality.items()},
         "code_agreement": det.code_agreement,

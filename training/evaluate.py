@@ -16,7 +16,15 @@ from typing import Any
 from simulator.config import EVIDENCE
 from training.data import Windows
 from training.metrics import score_setting
-from training.run import MODALITIES, encode_all, fuse, load_run, split_for, window_probs
+from training.run import (
+    MODALITIES,
+    encode_all,
+    fuse,
+    fuse_max,
+    load_run,
+    split_for,
+    window_probs,
+)
 from training.splits import SplitData, load_recordings, windows_of
 from training.train_head import Encoded
 
@@ -32,8 +40,19 @@ def cmg_settings(
     both_valid = test.valid_cur & test.valid_cam
     rows: dict[str, Any] = {}
     p_both = window_probs(model, heads["both"], test, enc)
-    fused, thr_fused = fuse(p_both), thr["both"]["fused"]
-    rows["fused"] = score_setting("fused", test, fused, both_valid, thr_fused, events)
+    thr_both = thr["both"]
+    if "fused_average" in thr_both:  # runs trained since fusion became the max rule
+        probs, score = fuse_max(p_both, thr_both)
+        rows["fused"] = score_setting(
+            "fused", test, probs, both_valid, thr_both["fused"], events, score=score
+        )
+        rows["ablation_average_fusion_fused"] = score_setting(
+            "fused", test, fuse(p_both), both_valid, thr_both["fused_average"], events
+        )
+    else:  # older runs: their `fused` threshold is the averaging rule's
+        rows["fused"] = score_setting(
+            "fused", test, fuse(p_both), both_valid, thr_both["fused"], events
+        )
     for m in MODALITIES:
         p, valid, _ = window_probs(model, heads[m], test, enc)[m]
         rows[f"{m}_only"] = score_setting(f"{m}_only", test, p, valid, thr[m][m], events)
@@ -107,7 +126,8 @@ def evaluate(
         ablation = load_run(path)
         ablation_codes = encode_all(ablation[1], test)
         for name, row in cmg_settings(ablation, test, events, ablation_codes).items():
-            settings[f"ablation_{what}_{name}"] = row
+            if not name.startswith("ablation_"):  # the fusion-rule row: main run only
+                settings[f"ablation_{what}_{name}"] = row
     if baselines:
         data = split_for(cfg, load_recordings(log["data"]["path"]))
         settings |= baseline_settings(data, test, events, tc.seed, tc.target_far)

@@ -228,7 +228,7 @@ def export_bundle(
         "head": head_name,
         "graphs": graphs,
         "golden": "golden.npz",
-        "thresholds": {**log["thresholds"][head_name], "target_far": log["target_far"]},
+        "thresholds": _thresholds(log["thresholds"][head_name], log["target_far"]),
         "code_usage": usage,
         "parity": parity,
         "metrics": metrics,
@@ -243,6 +243,16 @@ def export_bundle(
     path = write_manifest(out, manifest, graphs=[g["file"] for g in graphs.values()])
     logger.info("bundle %s written in %.0f s", out, time.perf_counter() - t0)
     return path
+
+
+def _thresholds(head: dict[str, float], target_far: float) -> dict[str, Any]:
+    """The manifest's thresholds; `fusion` names the rule `fused` belongs to (service.engine).
+
+    Runs calibrated since the max-ratio rule carry `fused_average` beside `fused`.
+    """
+    fusion = "max_ratio" if "fused_average" in head else "average"
+    keep = {k: float(head[k]) for k in ("current", "camera", "fused")}
+    return {**keep, "fusion": fusion, "target_far": target_far}
 
 
 def _io_spec(args: list[Any]) -> list[dict[str, Any]]:

@@ -107,9 +107,15 @@ def summarise_setting(
     recording: NDArray[np.str_] | None = None,
     t_end: NDArray[np.float64] | None = None,
     events: dict[str, list[dict[str, Any]]] | None = None,
+    score: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one evaluation setting, in the `metrics.json` shape."""
-    score = 1.0 - probs[:, 0]
+    """All metrics of one evaluation setting, in the `metrics.json` shape.
+
+    `score` (higher = more anomalous, compared with `threshold`) defaults to 1 - p(normal);
+    the condition is always the most probable class of `probs`.
+    """
+    if score is None:
+        score = 1.0 - probs[:, 0]
     y_pred = probs.argmax(1)
     fdr, mdr = fdr_mdr(y_true, score, threshold)
     out: dict[str, Any] = {
@@ -161,8 +167,9 @@ def score_setting(
     mask: NDArray[np.bool_],
     threshold: float,
     events: dict[str, list[dict[str, Any]]],
+    score: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
-    """One row of the settings table: metrics of `probs` on the windows `mask`."""
+    """One row of the settings table: metrics of `probs` (and `score`) on the windows `mask`."""
     out = summarise_setting(
         y_true=w.label[mask],
         probs=probs[mask],
@@ -171,6 +178,7 @@ def score_setting(
         recording=w.recording[mask],
         t_end=w.t_end[mask],
         events=events,
+        score=None if score is None else score[mask],
     )
     out["threshold"] = threshold
     return out

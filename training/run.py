@@ -162,11 +162,48 @@ def window_probs(
 def fuse(
     probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
 ) -> NDArray[np.float64]:
-    """Average the modalities' probabilities where each is valid (one valid: that one)."""
+    """Average the modalities' probabilities where each is valid (one valid: that one).
+
+    The fusion rule of format-1 bundles, kept as `ablation_average_fusion_fused`.
+    """
     (pc, vc, _), (pv, vv, _) = probs["current"], probs["camera"]
     wc, wv = vc.astype(float)[:, None], vv.astype(float)[:, None]
     total = np.maximum(wc + wv, 1.0)
     return (pc * wc + pv * wv) / total
+
+
+RATIO_FLOOR = 1e-6  # a modality threshold below this is floored before dividing by it
+
+
+def fuse_max(
+    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
+    thresholds: dict[str, float],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Either modality can raise the alarm: score = the larger threshold ratio [ours].
+
+    Each valid modality's score (1 - p(normal)) is divided by its own calibrated threshold;
+    the window's score is the larger ratio and its probabilities are that modality's. A
+    condition seen by one sensor only (breakage on current, a hot spot on camera) is not
+    diluted by the other sensor's "normal", which averaging does (docs/method.md).
+
+    Args:
+        probs: `window_probs` output: per modality (probs (W, C), valid (W,), codes).
+        thresholds: `current` and `camera` thresholds on 1 - p(normal).
+
+    Returns:
+        (probs (W, C) of the leading modality, score (W,)); score is 0 where neither is valid.
+    """
+    ratios, ps = [], []
+    for m in MODALITIES:
+        p, valid, _ = probs[m]
+        r = (1.0 - p[:, 0]) / max(thresholds[m], RATIO_FLOOR)
+        ratios.append(np.where(valid, r, -np.inf))
+        ps.append(p)
+    r = np.stack(ratios)  # (2, W)
+    lead = r.argmax(axis=0)  # (W,)
+    score = np.take_along_axis(r, lead[None], axis=0)[0]
+    chosen = np.where((lead == 0)[:, None], ps[0], ps[1])
+    return chosen, np.where(np.isfinite(score), score, 0.0)
 
 
 def calibrate(
@@ -176,17 +213,23 @@ def calibrate(
     target_far: float,
     encoded: dict[str, Encoded] | None = None,
 ) -> dict[str, float]:
-    """Thresholds on score = 1 - p(normal) for current, camera and fused decisions, each at
-    `target_far` on normal validation windows (nuisances included)."""
+    """Thresholds at `target_far` on normal validation windows (nuisances included).
+
+    `current` and `camera` are on score = 1 - p(normal); `fused` is on the larger threshold
+    ratio (`fuse_max`) of windows with both modalities; `fused_average` on 1 - p(normal) of
+    the averaged probabilities (`fuse`, the ablation).
+    """
     probs = window_probs(model, head, val, encoded)
     normal = val.label == 0
     out = {}
     for m in MODALITIES:
         p, valid, _ = probs[m]
         out[m] = threshold_for_false_alarm_rate(1.0 - p[normal & valid, 0], target_far)
-    fused = fuse(probs)
-    both = val.valid_cur & val.valid_cam
-    out["fused"] = threshold_for_false_alarm_rate(1.0 - fused[normal & both, 0], target_far)
+    both = normal & val.valid_cur & val.valid_cam
+    _, ratio = fuse_max(probs, out)
+    out["fused"] = threshold_for_false_alarm_rate(ratio[both], target_far)
+    averaged = fuse(probs)
+    out["fused_average"] = threshold_for_false_alarm_rate(1.0 - averaged[both, 0], target_far)
     return out
 
 

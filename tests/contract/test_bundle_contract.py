@@ -79,6 +79,22 @@ def _edit(folder: Path, **changes: object) -> None:
             {"thresholds": {"current": 0.5, "camera": 2.0, "fused": 0.5, "target_far": 0.01}},
             "'camera' must lie in",
         ),
+        (
+            {"thresholds": {"current": 0.5, "camera": 0.5, "fused": 2.0, "target_far": 0.01}},
+            "'fused' must lie in",  # averaging (no `fusion`): fused is a probability
+        ),
+        (
+            {
+                "thresholds": {
+                    "current": 0.5,
+                    "camera": 0.5,
+                    "fused": 2.0,
+                    "fusion": "vote",
+                    "target_far": 0.01,
+                }
+            },
+            "'fusion' must be one of",
+        ),
     ],
 )
 def test_a_malformed_manifest_is_refused(

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.bundle import Manifest
 from service.main import create_app
 from service.types import WindowSpec
+from tests.helpers.decisions import check_decision
 from tests.service.conftest import (
     ADMIN_KEY,
     T0,
@@ -65,8 +66,7 @@ def assert_detection(out: dict[str, Any], manifest: Manifest) -> None:
     names = list(manifest.class_names)
     assert list(out["probabilities"]) == names
     assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert out["score"] == pytest.approx(1.0 - out["probabilities"]["normal"], abs=1e-6)
-    assert out["is_abnormal"] == (out["score"] > out["threshold"])
+    check_decision(out, manifest.thresholds)
     assert out["condition"] in names
     assert out["model_version"] == manifest.model_version
     for modality in out["modalities"]:
@@ -114,7 +114,7 @@ def test_one_modality_decides_alone(
     assert out["modalities"] == [modality]
     assert out["decided_by"] == modality
     assert out["health"] == {modality: "ok", other: "missing"}
-    assert out["threshold"] == pytest.approx(getattr(manifest.thresholds, modality))
+    assert out["threshold"] == pytest.approx(manifest.thresholds.for_modalities((modality,)))
     assert list(out["codes"]) == [modality]
     assert out["code_agreement"] is None
     # Alone, the decision is that modality's own view.

@@ -32,6 +32,7 @@ from service.store import detection_view
 from service.types import WindowSpec
 from simulator.replay import ConditionWindow, Replay
 from simulator.scenario import ConditionSpec, FurnaceSpec, Scenario
+from tests.helpers.decisions import check_decision
 from tests.service.conftest import T0, delete_prefix, hop_grid, make_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -114,22 +115,13 @@ def test_every_window_end_is_detected_once(run: Run, spec: WindowSpec) -> None:
 
 
 def test_decisions_follow_the_bundle_thresholds(run: Run, manifest: Manifest) -> None:
-    thresholds = {
-        "both": manifest.thresholds.fused,
-        "current": manifest.thresholds.current,
-        "camera": manifest.thresholds.camera,
-    }
     for rows in run.detections.values():
         for _, fields in rows:
             d = json.loads(fields[b"data"])
             if d["decided_by"] == "none":
                 assert d["score"] is None and not d["is_abnormal"]
                 continue
-            assert d["threshold"] == pytest.approx(thresholds[d["decided_by"]])
-            assert d["is_abnormal"] == (d["score"] > d["threshold"])
-            assert d["score"] == pytest.approx(1 - d["probabilities"]["normal"], abs=1e-6)
-            if d["is_abnormal"]:
-                assert d["condition"] != "normal"
+            check_decision(d, manifest.thresholds)
 
 
 def test_replaying_the_detections_reproduces_the_alerts_stream(run: Run) -> None:

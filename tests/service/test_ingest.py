@@ -24,6 +24,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from service.entries import as_text
 from service.ingest import GROUP, parse_autoclaim
 from service.main import create_app
 from service.settings import Settings
@@ -327,6 +328,15 @@ def test_entries_left_pending_by_a_dead_consumer_are_claimed(
         wait_for(
             "every claimed entry acked",
             lambda: all(pending(redis_client, k) == 0 for k in keys.values()),
+            10,
+        )
+        wait_for(  # the dead consumer's name goes once it holds nothing (XGROUP DELCONSUMER)
+            "shard-9 removed from the groups",
+            lambda: all(
+                "shard-9"
+                not in {as_text(c["name"]) for c in redis_client.xinfo_consumers(k, GROUP)}
+                for k in keys.values()
+            ),
             10,
         )
     assert [d["window_end"] for d in dets] == ends

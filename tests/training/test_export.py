@@ -31,6 +31,7 @@ def test_manifest_records_what_the_service_needs(tiny_bundle: Path, tiny_run: Pa
     assert raw["head"] == cfg.train.label_modality
     assert raw["thresholds"]["target_far"] == log["target_far"]
     assert raw["thresholds"]["fused"] == log["thresholds"][raw["head"]]["fused"]
+    assert raw["thresholds"]["fusion"] == "max_ratio"
     for m in ("current", "camera"):
         assert sum(raw["code_usage"][m]) == pytest.approx(1.0, abs=1e-4)
         assert [i["name"] for i in raw["graphs"][m]["inputs"]] == list(INPUTS[m])

@@ -29,7 +29,10 @@ def test_tiny_run_trains_end_to_end(tiny_run: Path, easy_data: dict[str, Path]) 
         assert key in log["diagnostics"][-1]
     assert set(log["thresholds"]) == {"current", "camera", "both"}
     for thresholds in log["thresholds"].values():
-        assert all(0.0 <= t <= 1.0 for t in thresholds.values())
+        assert set(thresholds) == {"current", "camera", "fused", "fused_average"}
+        # fused is on the threshold-ratio scale (training.run.fuse_max), the rest on 1 - p
+        assert all(0.0 <= thresholds[k] <= 1.0 for k in ("current", "camera", "fused_average"))
+        assert thresholds["fused"] >= 0.0
     _, model, heads, _ = load_run(tiny_run)
     recs = load_recordings(easy_data["test"])
     test = windows_of(recs, window_s=16.0, hop_s=4.0, baseline_s=120.0)

@@ -1,0 +1,120 @@
+"""Label-free camera options [ours]: physics input channels and the code-only hotness target."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model.cmg import build_cmg
+from model.config import CMGConfig
+from model.features import (
+    HOTNESS_CHANNELS,
+    PHYSICS_CHANNELS,
+    camera_inputs,
+    hotness_target,
+    physics_channels,
+)
+from model.heads import DetectorHead
+from model.scorer import ModalityScorer
+from tests.model.factories import make_batch, make_tiny_cfg
+
+PHYSICS = {"camera_channels": "physics"}
+HOTNESS = {"code_target": "hotness"}
+BOTH = {**PHYSICS, **HOTNESS}
+
+
+def test_defaults_are_the_previous_model() -> None:
+    cfg = CMGConfig()
+    assert cfg.camera_channels == "rgb" and cfg.code_target == "none"
+    assert cfg.camera_extra_channels == 0
+    model = build_cmg(make_tiny_cfg())
+    assert model.dec_h is None
+    assert model.phi_v.stem.patch.weight.shape[1] == 6
+    assert not any(k.startswith("dec_h") for k in model.state_dict())
+
+
+def test_invalid_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="camera_channels"):
+        make_tiny_cfg(camera_channels="hsv")
+    with pytest.raises(ValueError, match="code_target"):
+        make_tiny_cfg(code_target="frame")
+    with pytest.raises(ValueError, match="code_target_weight"):
+        make_tiny_cfg(code_target_weight=-1.0)
+
+
+def test_physics_channels_shapes_and_zeros() -> None:
+    x = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8)
+    cam = camera_inputs(x, torch.full((3,), 0.5), torch.full((3,), 0.2), channels="physics")
+    assert cam.extra is not None
+    assert cam.extra.shape == (2, 3, PHYSICS_CHANNELS, 16, 16)
+    assert camera_inputs(x, torch.full((3,), 0.5), torch.full((3,), 0.2)).extra is None
+    zeros = physics_channels(torch.zeros(2, 3, 3, 16, 16))
+    assert bool((zeros == 0).all())
+    target = hotness_target(torch.zeros(2, 3, 3, 16, 16), 4)
+    assert target.shape == (6, HOTNESS_CHANNELS, 4, 4) and bool((target == 0).all())
+
+
+def test_local_contrast_marks_a_local_hot_spot() -> None:
+    frame = torch.full((1, 1, 3, 32, 32), 60.0)
+    frame[..., 0, 12:16, 12:16] = 250.0  # an orange-red blob: red up, blue unchanged
+    frame[..., 1, 12:16, 12:16] = 140.0
+    phys = physics_channels(frame)[0, 0]  # (2, H, W)
+    assert phys[0, 13, 13] > phys[0, 2, 2] + 1.0  # redness
+    assert phys[1, 13, 13] > 0.5 and phys[1, 2, 2].abs() < 1e-6  # local contrast
+    flat = physics_channels(torch.full((1, 1, 3, 32, 32), 200.0))[0, 0, 1]
+    assert float(flat.abs().max()) < 1e-5  # uniform brightness (exposure) leaves no contrast
+    target = hotness_target(frame, 8)[0]  # (3, 8, 8)
+    assert int(target[0].argmax()) == 3 * 8 + 3  # the hot cell is the 4-px cell (3, 3)
+
+
+@pytest.mark.parametrize("changes", [PHYSICS, HOTNESS, BOTH])
+def test_training_step_with_options_is_finite(changes: dict[str, str]) -> None:
+    cfg = make_tiny_cfg(align="infonce", **changes)
+    torch.manual_seed(0)
+    model = build_cmg(cfg).train()
+    out = model(*make_batch(cfg))
+    assert bool(torch.isfinite(out.loss.total))
+    out.loss.total.backward()
+    grad = model.phi_v.stem.patch.weight.grad
+    assert grad is not None and bool(torch.isfinite(grad).all())
+    if "code_target" in changes:
+        assert float(out.diagnostics["rec_hotness"]) > 0.0
+        assert model.dec_h is not None and model.dec_h.mlp[0].weight.grad is not None
+    zeros = make_batch(cfg)._replace(x_v=torch.zeros_like(make_batch(cfg).x_v))
+    model.eval()
+    with torch.no_grad():
+        assert bool(torch.isfinite(model(*zeros).loss.total))
+
+
+def test_physics_scorer_exports_to_onnx(tmp_path: Path) -> None:
+    cfg = make_tiny_cfg(**BOTH)
+    torch.manual_seed(0)
+    model = build_cmg(cfg).train()
+    model(*make_batch(cfg))
+    scorer = ModalityScorer(model.eval(), DetectorHead.from_config(cfg).eval(), "camera")
+    path = tmp_path / "camera.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            scorer,
+            (make_batch(cfg, B=2).x_v,),
+            str(path),
+            input_names=["x_v"],
+            output_names=["codes", "quantized", "probs", "score", "segment_scores"],
+            dynamic_axes={"x_v": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for x_v in (make_batch(cfg, B=3, seed=5).x_v, torch.zeros_like(make_batch(cfg, B=1).x_v)):
+        with torch.no_grad():
+            ref = scorer(x_v)
+        codes, _, probs, *_ = session.run(None, {"x_v": x_v.numpy()})
+        np.testing.assert_array_equal(codes, ref.codes.numpy())
+        np.testing.assert_allclose(probs, ref.probs.numpy(), atol=1e-4)
+        assert np.isfinite(probs).all()
