@@ -38,8 +38,12 @@ class TrainConfig:
     baseline_s: float = 120.0
     pretrain_hop_s: float = 8.0  # stride of pre-training windows (overlap wastes steps)
     threads: int = 0  # torch threads; 0 = all cores
+    device: str = "auto"  # pre-training: "auto" (a CUDA GPU when present), "cpu" or "cuda"
 
     def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            msg = f"device must be auto, cpu or cuda, got {self.device!r}"
+            raise ValueError(msg)
         if self.label_modality not in ("current", "camera", "both"):
             msg = f"label_modality must be current, camera or both, got {self.label_modality!r}"
             raise ValueError(msg)

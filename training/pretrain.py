@@ -7,7 +7,6 @@ and furnaces (CMG.md 10.8); labels never reach this module (CMG.md 10.6).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,12 +45,36 @@ def camera_stats(w: Windows, max_frames: int = 4096, seed: int = 0) -> tuple[tor
     return mean, std
 
 
-def _batch(w: Windows, idx: NDArray[np.int64]) -> tuple[torch.Tensor, ...]:
-    return (
+def resolve_device(name: str) -> torch.device:
+    """`TrainConfig.device` -> a torch device ("auto": CUDA when available, else the CPU).
+
+    Raises:
+        ValueError: "cuda" asked for on a machine without a usable CUDA GPU.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        msg = "train.device is cuda but torch sees no CUDA GPU: use auto or cpu"
+        raise ValueError(msg)
+    return torch.device(name)
+
+
+def _batch(
+    w: Windows, idx: NDArray[np.int64], device: torch.device | None = None
+) -> tuple[torch.Tensor, ...]:
+    out = (
         torch.from_numpy(w.x_c[idx]),
         torch.from_numpy(w.baseline[idx]),
         torch.from_numpy(w.camera(idx)),
     )
+    if device is None or device.type == "cpu":
+        return out
+    return tuple(t.to(device, non_blocking=True) for t in out)
+
+
+def _cpu_state(model: CMG) -> dict[str, torch.Tensor]:
+    """A snapshot of the weights on the CPU (checkpoints never hold GPU memory)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _clip_per_module(model: CMG, max_norm: float) -> None:
@@ -63,7 +86,13 @@ def _clip_per_module(model: CMG, max_norm: float) -> None:
 
 
 @torch.no_grad()
-def diagnostics(model: CMG, w: Windows, idx: NDArray[np.int64], batch: int) -> dict[str, float]:
+def diagnostics(
+    model: CMG,
+    w: Windows,
+    idx: NDArray[np.int64],
+    batch: int,
+    device: torch.device | None = None,
+) -> dict[str, float]:
     """Mean of the model's diagnostics and losses over fixed paired windows, in eval mode."""
     model.eval()
     sums: dict[str, float] = {}
@@ -73,11 +102,11 @@ def diagnostics(model: CMG, w: Windows, idx: NDArray[np.int64], batch: int) -> d
         b = idx[s : s + batch]
         if b.size < 2:
             continue
-        out = model(*_batch(w, b))
+        out = model(*_batch(w, b, device))
         for key, value in {**out.diagnostics, **out.loss._asdict()}.items():
             sums[key] = sums.get(key, 0.0) + float(value) * b.size
-        codes_c.append(out.codes_c.numpy())
-        codes_v.append(out.codes_v.numpy())
+        codes_c.append(out.codes_c.cpu().numpy())
+        codes_v.append(out.codes_v.cpu().numpy())
         n += b.size
     model.train()
     result = {k: v / max(n, 1) for k, v in sums.items()}
@@ -106,6 +135,9 @@ def pretrain(
         train: paired training windows (both modalities valid).
         val: paired validation windows (diagnostics only).
         progress: tqdm bar with live losses and code usage.
+
+    Runs on `train.device` (a GPU when present and "auto"); checkpoints and the returned
+    model are on the CPU. GPU runs are not bit-identical to CPU runs.
     """
     tc = cfg.train
     torch.manual_seed(tc.seed)
@@ -113,12 +145,14 @@ def pretrain(
     if len(train) < tc.batch:
         msg = f"only {len(train)} paired training windows for batch {tc.batch}: simulate more data"
         raise ValueError(msg)
+    device = resolve_device(tc.device)
     model = build_cmg(cfg.cmg)
     model.set_camera_stats(*camera_stats(train, seed=tc.seed))
+    model.to(device)
     model.train()
     with torch.no_grad():  # data-initialised codebook (CMG.md 5 #13)
         init = rng.choice(len(train), size=min(len(train), 4 * tc.batch), replace=False)
-        x_c, base, x_v = _batch(train, np.sort(init))
+        x_c, base, x_v = _batch(train, np.sort(init), device)
         model.init_codebook_from(model.encode("current", x_c, base), model.encode("camera", x_v))
     opt = torch.optim.Adam(model.main_parameters(), lr=tc.lr)
     club_params = model.club_parameters()
@@ -129,7 +163,7 @@ def pretrain(
     bar = tqdm(range(1, tc.steps + 1), desc="pre-train", disable=not progress, unit="step")
     for step in bar:
         idx = rng.choice(len(train), size=tc.batch, replace=False)
-        batch = _batch(train, idx)
+        batch = _batch(train, idx, device)
         # CLUB q-nets are fitted inside the forward, on the same encodings (released order).
         out = model(*batch, club_optimizer=club_opt)
         opt.zero_grad()
@@ -145,16 +179,17 @@ def pretrain(
                 agree=f"{float(d['step_agreement']):.2f}",
             )
         if step % tc.checkpoint_every == 0 or step == tc.steps:
-            diag = diagnostics(model, val, diag_idx, tc.batch)
+            diag = diagnostics(model, val, diag_idx, tc.batch, device)
             diag["step"] = float(step)
             diag["seconds"] = time.perf_counter() - t0
             result.history.append(diag)
-            result.checkpoints.append((step, copy.deepcopy(model.state_dict())))
+            result.checkpoints.append((step, _cpu_state(model)))
             logger.info(
                 "step %d: %s",
                 step,
                 ", ".join(f"{k}={v:.3g}" for k, v in sorted(diag.items()) if k != "step"),
             )
     result.seconds = time.perf_counter() - t0
+    model.to("cpu")
     model.eval()
     return result
