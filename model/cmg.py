@@ -46,7 +46,7 @@ from model.encoders import (
     CurrentSemanticEncoder,
     CurrentSpecificEncoder,
 )
-from model.features import CameraInput, frame_target, hotness_target
+from model.features import CameraInput, frame_target, hotness_target, hotspot_target
 from model.normalize import InputNorm
 
 _USER = {"current": 0, "camera": 1}  # rows of a shared codebook's idle counters
@@ -99,7 +99,7 @@ class CMG(nn.Module):
         self.dec_c = CurrentDecoder(cfg)
         self.dec_v = CameraDecoder(cfg)
         # code_target "hotness" [ours]: a map reconstructed from q_v alone
-        self.dec_h = HotnessDecoder(cfg) if cfg.code_target == "hotness" else None
+        self.dec_h = HotnessDecoder(cfg) if cfg.code_target != "none" else None
         if cfg.shared_codebook:
             self.codebooks = nn.ModuleDict({"shared": Codebook(cfg.codebook, users=2)})
         else:
@@ -317,10 +317,11 @@ class CMG(nn.Module):
             m_dec = m_v * keep.repeat_interleave(T)[:, None, None, None]
         rec_c = F.mse_loss(self.dec_c(q_c, s_dec), f_c)
         rec_v = F.mse_loss(self.dec_v(q_v, m_dec), frame_target(v_in.pixels, cfg.recon_px))
-        # code_target "hotness" [ours]: the camera codes alone reconstruct a hotness map
+        # code_target [ours]: the camera codes alone reconstruct a hotness / hot-spot map
         rec_h = zero
         if self.dec_h is not None:
-            target = hotness_target(v_in.pixels, cfg.hotness_px, v_in.extra)
+            make = hotspot_target if cfg.code_target == "hotspot" else hotness_target
+            target = make(v_in.pixels, cfg.hotness_px, v_in.extra)
             rec_h = F.mse_loss(self.dec_h(q_v), target)
 
         # 4.6 CLUB(q_m; s_m), q-nets optionally fitted first on detached pairs

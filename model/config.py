@@ -16,7 +16,11 @@ CAMERA_POOLS = ("attention", "attention_max")  # Phi_v pooling; "attention_max" 
 CAMERA_NORMS = ("global", "frame")  # per-channel constants (CMG.md 2) | per-frame standardisation
 CAMERA_DIFFS = ("previous", "first")  # residual against frame_{t-1} (CMG.md 2) | the window's first
 CAMERA_CHANNELS = ("rgb", "physics")  # stem input: CMG.md 2 | + redness, local contrast
-CODE_TARGETS = ("none", "hotness")  # extra target reconstructed from the camera codes alone
+CODE_TARGETS = (
+    "none",
+    "hotness",
+    "hotspot",
+)  # extra target reconstructed from the camera codes alone
 PHYSICS_CHANNELS = 2  # camera_channels "physics" (features.physics_channels)
 HEAD_POOLS = ("max", "meanmax")  # DetectorHead pooling over segments
 RICH_CURRENT_EXTRA = 19  # extra features of current_feature_set "rich" (features.py)
@@ -124,7 +128,7 @@ class CMGConfig:
     specific_dropout: float = 0.0  # P(specific features zeroed in the decoders), per sample
     head_pool: str = "max"  # "meanmax": head pools mean ‖ max over segments
     camera_channels: str = "rgb"  # "physics": stems also read redness and local contrast
-    code_target: str = "none"  # "hotness": q_v alone reconstructs a low-res hotness map
+    code_target: str = "none"  # "hotness" | "hotspot": q_v alone reconstructs a low-res map
     code_target_weight: float = 1.0  # weight of that reconstruction in the total loss
 
     def __post_init__(self) -> None:

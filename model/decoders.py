@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import CMGConfig
-from model.features import HOTNESS_CHANNELS
+from model.features import HOTNESS_CHANNELS, HOTSPOT_CHANNELS
 
 HOTNESS_HIDDEN = 256  # hidden width of the hotness decoder
 
@@ -81,22 +81,23 @@ class CameraDecoder(nn.Module):
 
 
 class HotnessDecoder(nn.Module):
-    """Dec_h [ours]: q_v alone -> Linear(D, 256) + ReLU -> Linear -> (3, px, px) hotness map.
+    """Dec_h [ours]: q_v alone -> Linear(D, 256) + ReLU -> Linear -> (C, px, px) map.
 
-    No specific features reach it, so whatever it reconstructs (a local hot spot, ejecta,
-    features.hotness_target) must be carried by the camera codes.
+    No specific features reach it, so whatever it reconstructs (features.hotness_target,
+    C = 3, or features.hotspot_target, C = 2) must be carried by the camera codes.
     """
 
     def __init__(self, cfg: CMGConfig) -> None:
         super().__init__()
         self.px = cfg.hotness_px
+        self.channels = HOTSPOT_CHANNELS if cfg.code_target == "hotspot" else HOTNESS_CHANNELS
         self.mlp = nn.Sequential(
             nn.Linear(cfg.encoder.dim, HOTNESS_HIDDEN),
             nn.ReLU(inplace=True),
-            nn.Linear(HOTNESS_HIDDEN, HOTNESS_CHANNELS * self.px * self.px),
+            nn.Linear(HOTNESS_HIDDEN, self.channels * self.px * self.px),
         )
 
     def forward(self, q_v: Tensor) -> Tensor:
-        """Args: q_v (B, T, D) camera code. Returns: (B*T, 3, px, px) hotness map."""
+        """Args: q_v (B, T, D) camera code. Returns: (B*T, C, px, px) map."""
         B, T, D = q_v.shape
-        return self.mlp(q_v.reshape(B * T, D)).reshape(B * T, HOTNESS_CHANNELS, self.px, self.px)
+        return self.mlp(q_v.reshape(B * T, D)).reshape(B * T, self.channels, self.px, self.px)

@@ -229,6 +229,37 @@ def hotness_target(pixels: Tensor, px: int, physics: Tensor | None = None) -> Te
     return F.avg_pool2d(maps, kernel_size=H // px)
 
 
+HOTSPOT_CHANNELS = 2  # code_target "hotspot": hot blob, saturation
+SHELL_FROM = 0.25  # code_target "hotspot": the blob channel ignores the top quarter (rim, flame)
+
+
+def hotspot_target(pixels: Tensor, px: int, physics: Tensor | None = None) -> Tensor:
+    """Sparse hot-spot map that code_target "hotspot" reconstructs from codes [ours].
+
+    The "hotness" map spends its energy on what every frame has (the rim glow, the shell's
+    general tint), so a small blob barely moves its reconstruction error. This target keeps
+    only what a local incandescent spot or ejecta add: channel 0 is the geometric mean
+    sqrt(glow * redness) of the two "hotness" channels (bright above the surroundings AND
+    red-hot), zero in the top SHELL_FROM of the view where the rim glow and flame always
+    are (FURNACE.md 3: the camera looks at the shell, rim at the top); channel 1 the
+    saturation channel over the whole view; both at px x px, HOTNESS_GAINS scale.
+
+    Args:
+        pixels: (B, T, 3, H, W) frames as floats in [0, 255]; H = W, a multiple of px.
+        px: target side.
+        physics: `physics_channels(pixels)` (B, T, 2, H, W) if already computed.
+
+    Returns:
+        (B*T, 2, px, px) float32, zeros for all-zero frames (sqrt is taken of values >= 0
+        and has no gradient path: the target is a constant).
+    """
+    hot = hotness_target(pixels, px, physics)  # (B*T, 3, px, px)
+    blob = (hot[:, 0] * hot[:, 1]).clamp(min=0.0).sqrt()  # (B*T, px, px)
+    rows = torch.arange(px, device=pixels.device) >= int(SHELL_FROM * px)  # (px,)
+    blob = blob * rows.to(blob.dtype)[:, None]
+    return torch.stack([blob, hot[:, 2]], dim=1)
+
+
 def camera_features(x_v: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Camera features (CMG.md 2): standardised frame_t || frame_t - frame_{t-1}.
 

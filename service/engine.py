@@ -7,9 +7,10 @@ in a worker thread, never on the event loop.
 
 Decision (the rule `furnace evaluate` scores for the bundle's `thresholds.fusion`):
 - "max_ratio": each usable modality's score 1 - p(normal) is divided by that modality's
-  calibrated threshold; the window's score is the larger ratio, its probabilities are that
-  (leading) modality's, and it is abnormal when the score exceeds the fused threshold (both
-  usable) or 1 (one usable). Either sensor can raise the alarm.
+  calibrated threshold; the window's score is the larger ratio (`lead` names its modality)
+  and it is abnormal when the score exceeds the fused threshold (both usable) or 1 (one
+  usable): either sensor can raise the alarm. The probabilities are the usable modalities'
+  average (they name the condition better than either view alone).
 - "average" (older bundles): the usable modalities' probabilities are averaged, score =
   1 - p(normal) against the threshold calibrated for that modality set.
 The condition is the most probable class; when the window is abnormal but `normal` is still
@@ -239,15 +240,12 @@ class Engine:
             )
         thr = self.manifest.thresholds
         threshold = thr.for_modalities(used)
-        lead = ""
+        probs = np.mean([results[m].probs for m in used], axis=0)
+        score, lead = float(1.0 - probs[0]), ""
         if thr.fusion == "max_ratio":
             ratio = {m: results[m].score / max(thr.modality(m), RATIO_FLOOR) for m in used}
             lead = max(used, key=lambda m: ratio[m])
-            probs = np.asarray(results[lead].probs)
             score = float(ratio[lead])
-        else:
-            probs = np.mean([results[m].probs for m in used], axis=0)
-            score = float(1.0 - probs[0])
         abnormal = score > threshold
         top = int(probs.argmax())
         if abnormal and top == 0:

@@ -71,6 +71,25 @@ def cmg_settings(
     return rows
 
 
+def shipped_decision(
+    run: tuple[Any, ...], test: Windows, events: dict[str, Any], enc: dict[str, Encoded]
+) -> dict[str, Any]:
+    """What a bundle exported from this run decides with both sensors healthy: the
+    `label_modality` head on both modalities' codes, fused by the run's rule (the `fused` row
+    uses the head trained on both modalities' labels, which no bundle ships by default)."""
+    cfg, model, heads, log = run
+    head = cfg.train.label_modality
+    thr = log["thresholds"][head]
+    both_valid = test.valid_cur & test.valid_cam
+    p = window_probs(model, heads[head], test, enc)
+    if "fused_average" in thr:
+        probs, score = fuse_max(p, thr)
+        row = score_setting("fused", test, probs, both_valid, thr["fused"], events, score=score)
+    else:
+        row = score_setting("fused", test, fuse(p), both_valid, thr["fused"], events)
+    return {"head": head, "fused": row}
+
+
 def baseline_settings(
     data: SplitData, test: Windows, events: dict[str, Any], seed: int, target_far: float
 ) -> dict[str, Any]:
@@ -142,6 +161,7 @@ def evaluate(
         "test_furnaces": sorted({r.furnace_id or r.name for r in recs}),
         "evidence": EVIDENCE,
         "settings": settings,
+        "shipped": shipped_decision(run, test, events, enc),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     from training.eval_report import write_eval_report

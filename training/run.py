@@ -181,29 +181,26 @@ def fuse_max(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Either modality can raise the alarm: score = the larger threshold ratio [ours].
 
-    Each valid modality's score (1 - p(normal)) is divided by its own calibrated threshold;
-    the window's score is the larger ratio and its probabilities are that modality's. A
-    condition seen by one sensor only (breakage on current, a hot spot on camera) is not
-    diluted by the other sensor's "normal", which averaging does (docs/method.md).
+    Detection: each valid modality's score (1 - p(normal)) is divided by its own calibrated
+    threshold and the window's score is the larger ratio, so a condition seen by one sensor
+    only (breakage on current, a hot spot on camera) is not diluted by the other sensor's
+    "normal", which averaging does (docs/method.md). Classification: the averaged
+    probabilities (`fuse`), which name the condition better than either view alone.
 
     Args:
         probs: `window_probs` output: per modality (probs (W, C), valid (W,), codes).
         thresholds: `current` and `camera` thresholds on 1 - p(normal).
 
     Returns:
-        (probs (W, C) of the leading modality, score (W,)); score is 0 where neither is valid.
+        (averaged probs (W, C), score (W,)); score is 0 where neither modality is valid.
     """
-    ratios, ps = [], []
+    ratios = []
     for m in MODALITIES:
         p, valid, _ = probs[m]
         r = (1.0 - p[:, 0]) / max(thresholds[m], RATIO_FLOOR)
         ratios.append(np.where(valid, r, -np.inf))
-        ps.append(p)
-    r = np.stack(ratios)  # (2, W)
-    lead = r.argmax(axis=0)  # (W,)
-    score = np.take_along_axis(r, lead[None], axis=0)[0]
-    chosen = np.where((lead == 0)[:, None], ps[0], ps[1])
-    return chosen, np.where(np.isfinite(score), score, 0.0)
+    score = np.max(np.stack(ratios), axis=0)  # (W,)
+    return fuse(probs), np.where(np.isfinite(score), score, 0.0)
 
 
 def calibrate(

@@ -14,9 +14,11 @@ from model.cmg import build_cmg
 from model.config import CMGConfig
 from model.features import (
     HOTNESS_CHANNELS,
+    HOTSPOT_CHANNELS,
     PHYSICS_CHANNELS,
     camera_inputs,
     hotness_target,
+    hotspot_target,
     physics_channels,
 )
 from model.heads import DetectorHead
@@ -26,6 +28,7 @@ from tests.model.factories import make_batch, make_tiny_cfg
 PHYSICS = {"camera_channels": "physics"}
 HOTNESS = {"code_target": "hotness"}
 BOTH = {**PHYSICS, **HOTNESS}
+HOTSPOT = {"code_target": "hotspot"}
 
 
 def test_defaults_are_the_previous_model() -> None:
@@ -57,6 +60,20 @@ def test_physics_channels_shapes_and_zeros() -> None:
     assert bool((zeros == 0).all())
     target = hotness_target(torch.zeros(2, 3, 3, 16, 16), 4)
     assert target.shape == (6, HOTNESS_CHANNELS, 4, 4) and bool((target == 0).all())
+    spot = hotspot_target(torch.zeros(2, 3, 3, 16, 16), 4)
+    assert spot.shape == (6, HOTSPOT_CHANNELS, 4, 4) and bool((spot == 0).all())
+
+
+def test_hotspot_target_keeps_a_shell_spot_and_ignores_the_rim() -> None:
+    frame = torch.full((1, 1, 3, 32, 32), 60.0)
+    frame[..., 0, 20:24, 12:16] = 250.0  # a red-hot blob on the shell
+    frame[..., 1, 20:24, 12:16] = 140.0
+    frame[..., 0, 0:4, 8:12] = 250.0  # the same blob in the rim rows (top quarter)
+    frame[..., 1, 0:4, 8:12] = 140.0
+    spot = hotspot_target(frame, 8)[0]  # (2, 8, 8)
+    assert float(spot[0, 5, 3]) > 1.0  # shell spot, 4-px cell (5, 3)
+    assert float(spot[0, :2].abs().max()) == 0.0  # rim rows are masked
+    assert float(spot[1].abs().max()) == 0.0  # nothing saturated
 
 
 def test_local_contrast_marks_a_local_hot_spot() -> None:
@@ -72,7 +89,7 @@ def test_local_contrast_marks_a_local_hot_spot() -> None:
     assert int(target[0].argmax()) == 3 * 8 + 3  # the hot cell is the 4-px cell (3, 3)
 
 
-@pytest.mark.parametrize("changes", [PHYSICS, HOTNESS, BOTH])
+@pytest.mark.parametrize("changes", [PHYSICS, HOTNESS, BOTH, HOTSPOT])
 def test_training_step_with_options_is_finite(changes: dict[str, str]) -> None:
     cfg = make_tiny_cfg(align="infonce", **changes)
     torch.manual_seed(0)

@@ -1,0 +1,41 @@
+"""`furnace evaluate` on a tiny run: the metrics.json shape tools read, and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from training.evaluate import evaluate
+from training.metrics import CONDITIONS_BY_SETTING
+
+CMG_ROWS = (
+    "fused",
+    "current_only",
+    "camera_only",
+    "zero_shot_current_to_camera",
+    "zero_shot_camera_to_current",
+)
+
+
+def test_metrics_json_has_every_setting_in_the_documented_shape(
+    tiny_run: Path, easy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    evaluate(tiny_run, easy_data["test"], tmp_path, baselines=False, progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    settings = metrics["settings"]
+    assert set(CMG_ROWS) <= set(settings)
+    assert "ablation_average_fusion_fused" in settings  # the fusion rule's ablation
+    for name in CMG_ROWS:
+        row = settings[name]
+        for key in ("macro_f1", "macro_f1_all", "auroc", "fdr", "mdr", "delay_s"):
+            assert key in row, (name, key)
+        assert row["conditions"] == CONDITIONS_BY_SETTING[name]
+        assert 0.0 <= row["macro_f1"] <= 1.0 and 0.0 <= row["fdr"] <= 1.0
+    # the decision a bundle of this run makes: its shipped head, fused by the max rule
+    shipped = metrics["shipped"]
+    assert shipped["head"] == "current"
+    assert shipped["fused"]["n_windows"] == settings["fused"]["n_windows"]
+    assert math.isfinite(shipped["fused"]["threshold"])
+    report = (tmp_path / "report.html").read_text()
+    assert "zero_shot_current_to_camera" in report
