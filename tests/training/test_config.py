@@ -37,3 +37,19 @@ def test_base_merges_sections_and_refuses_loops(tmp_path: Path) -> None:
     (tmp_path / "d.yaml").write_text("base: c.yaml\n")
     with pytest.raises(ValueError, match="loops back"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_the_training_device_is_checked() -> None:
+    import torch
+
+    from training.config import TrainConfig
+    from training.pretrain import resolve_device
+
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        TrainConfig(device="tpu")
+    assert resolve_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            resolve_device("cuda")
