@@ -49,6 +49,25 @@ def auroc(y_true: NDArray[np.int64], score: NDArray[np.float64]) -> float:
     return float(roc_auc_score(abnormal, score))
 
 
+def per_class_auroc(
+    y_true: NDArray[np.int64], probs: NDArray[np.float64], names: Sequence[str]
+) -> dict[str, float]:
+    """Per condition: AUROC of p(condition) on that condition's windows against normal ones.
+
+    Unlike `auroc` (1 - p(normal) over every abnormal class) it is not capped by the
+    conditions a modality cannot see (electrode breakage on the camera, FURNACE.md 4.2).
+    NaN where the condition or normal windows are absent.
+    """
+    out = {}
+    normal = y_true == 0
+    for i, name in enumerate(names[1:], start=1):
+        cls = y_true == i
+        keep = normal | cls
+        ok = cls.any() and normal.any()
+        out[name] = float(roc_auc_score(cls[keep], probs[keep, i])) if ok else float("nan")
+    return out
+
+
 def fdr_mdr(
     y_true: NDArray[np.int64], score: NDArray[np.float64], threshold: float
 ) -> tuple[float, float]:
@@ -127,6 +146,7 @@ def summarise_setting(
         "delay_s": float("nan"),
         "conditions": list(conditions),
         "n_windows": int(y_true.shape[0]),
+        "per_class_auroc": per_class_auroc(y_true, probs, CLASS_NAMES[: probs.shape[1]]),
         "per_class_f1": {
             name: float(f1_score(y_true == i, y_pred == i, zero_division=0))
             for i, name in enumerate(CLASS_NAMES)

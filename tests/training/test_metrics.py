@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,22 @@ def test_config_round_trip_and_unknown_keys(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ValueError, match="label_modality"):
         config_from_dict({"train": {"label_modality": "sound"}})
+
+
+def test_per_class_auroc_ranks_each_condition_against_normal_only() -> None:
+    from training.metrics import per_class_auroc
+
+    y = np.array([0, 0, 1, 1, 2])
+    probs = np.array(
+        [
+            [0.9, 0.1, 0.0],
+            [0.6, 0.3, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.5, 0.4, 0.1],
+            [0.9, 0.0, 0.1],  # class 2 scores like normal: its AUROC is not 1
+        ]
+    )
+    out = per_class_auroc(y, probs, ("normal", "a", "b"))
+    assert out["a"] == 1.0
+    assert out["b"] == 0.75  # p(b) = 0.1 beats one normal window and ties the other
+    assert math.isnan(per_class_auroc(y[:2], probs[:2], ("normal", "a", "b"))["a"])
