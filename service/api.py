@@ -193,7 +193,7 @@ async def reload_model(request: Request, body: ReloadIn) -> dict[str, Any]:
         if body.fleet:
             assert rt.client is not None
             try:  # the other replicas follow on their next poll of model:desired
-                await rt.client.set(f"{rt.settings.key_prefix}model:desired", body.bundle)
+                await rt.client.set(Keys(rt.settings.key_prefix).model_desired, body.bundle)
                 rt.desired_seen = body.bundle
             except RedisError as exc:
                 msg = f"reloaded here, but model:desired could not be set: {exc!r}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.alerting import AlertPolicy
 from service.bundle import BundleError
 from service.engine import Detection, Engine
+from service.entries import as_text
 from service.ingest import StreamConsumer
 from service.metrics import Metrics
+from service.schemas import BUNDLE_NAME
 from service.settings import Settings
-from service.store import CommitResult
+from service.store import CommitResult, Keys
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,22 +115,22 @@ class Runtime:
     async def follow_desired(self) -> None:
         """Reload when `{prefix}model:desired` names another bundle than the last one seen
         (SERVING.md 3.2: each replica reloads itself). A refused bundle is not retried until
-        the key changes again."""
+        the key changes again; while another reload runs, the next poll looks again."""
         assert self.client is not None
-        raw = await self.client.get(f"{self.settings.key_prefix}model:desired")
+        raw = await self.client.get(Keys(self.settings.key_prefix).model_desired)
         if raw is None:
             return
-        name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        if name == self.desired_seen:
+        name = as_text(raw)
+        if name == self.desired_seen or self.reload_lock.locked():
             return
         self.desired_seen = name
-        if name == self.bundle_name or self.reload_lock.locked():
-            if self.reload_lock.locked():
-                self.desired_seen = None  # try again on the next poll
+        if name == self.bundle_name:
+            return
+        if not re.match(BUNDLE_NAME, name):  # the reload route's rule: no paths from Redis
+            logger.warning("model:desired = %r is not a bundle folder name", name)
             return
         async with self.reload_lock:
             try:
-                self.settings.bundle_path(name)
                 await self.reload(name)
             except (ReloadRefusedError, ValueError) as exc:
                 logger.warning("model:desired = %r not loaded: %s", name, exc)

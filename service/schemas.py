@@ -101,11 +101,12 @@ class FurnaceState(BaseModel):
     health: dict[str, str]
 
 
+BUNDLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a plain folder name under models/
+
+
 class ReloadIn(BaseModel):
     model_config = STRICT
-    bundle: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="a folder under models/"
-    )
+    bundle: str = Field(pattern=BUNDLE_NAME, description="a folder under models/")
     fleet: bool = Field(
         False, description="also set model:desired, so every replica loads this bundle"
     )

@@ -58,6 +58,11 @@ class Keys:
         """A set of every furnace id the service has seen (for GET /v1/furnaces)."""
         return f"{self.prefix}furnaces"
 
+    @property
+    def model_desired(self) -> str:
+        """The bundle name every replica should serve (SERVING.md 3.2)."""
+        return f"{self.prefix}model:desired"
+
     def lease(self, index: int, count: int) -> str:
         return f"{self.prefix}shard:{index}-of-{count}"
 

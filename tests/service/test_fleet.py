@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,10 @@ def test_replicas_follow_model_desired(
             lambda: 'furnace_model_reloads_total{outcome="failed"} 1.0' in two.get("/metrics").text,
             20,
         )
+        assert _bundle(two) == "next"
+        # A path in the key is not a bundle name: ignored, like the reload route refuses it.
+        redis_client.set(f"{key_prefix}model:desired", str(models_dir / "good"))
+        time.sleep(0.5)  # five polls
         assert _bundle(two) == "next"
         # A reload without `fleet` changes this replica only.
         assert (
