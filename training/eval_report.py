@@ -17,7 +17,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from simulator.config import CLASS_NAMES  # noqa: E402
 from training.data import Windows  # noqa: E402
-from training.run import MODALITIES, fuse, fuse_max, window_probs  # noqa: E402
+from training.run import MODALITIES, fused_decision, window_probs  # noqa: E402
 from training.train_head import Encoded  # noqa: E402
 
 MAIN = (
@@ -117,10 +117,7 @@ def write_eval_report(
             axes[0].plot(fpr, tpr, label=name, lw=1)
     p_both = window_probs(model, heads["both"], test, enc)
     thr_both = log["thresholds"]["both"]
-    if "fused_average" in thr_both:  # the max rule (training.run.fuse_max)
-        fused_score = fuse_max(p_both, thr_both)[1]
-    else:  # runs calibrated for averaging
-        fused_score = 1.0 - fuse(p_both)[:, 0]
+    fused_score = fused_decision(p_both, thr_both)[1]
     both = test.valid_cur & test.valid_cam
     if y[both].any():
         fpr, tpr, _ = roc_curve(y[both], fused_score[both])

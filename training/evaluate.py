@@ -20,7 +20,7 @@ from training.run import (
     MODALITIES,
     encode_all,
     fuse,
-    fuse_max,
+    fused_decision,
     load_run,
     split_for,
     window_probs,
@@ -41,17 +41,13 @@ def cmg_settings(
     rows: dict[str, Any] = {}
     p_both = window_probs(model, heads["both"], test, enc)
     thr_both = thr["both"]
+    probs, score = fused_decision(p_both, thr_both)
+    rows["fused"] = score_setting(
+        "fused", test, probs, both_valid, thr_both["fused"], events, score=score
+    )
     if "fused_average" in thr_both:  # runs trained since fusion became the max rule
-        probs, score = fuse_max(p_both, thr_both)
-        rows["fused"] = score_setting(
-            "fused", test, probs, both_valid, thr_both["fused"], events, score=score
-        )
         rows["ablation_average_fusion_fused"] = score_setting(
             "fused", test, fuse(p_both), both_valid, thr_both["fused_average"], events
-        )
-    else:  # older runs: their `fused` threshold is the averaging rule's
-        rows["fused"] = score_setting(
-            "fused", test, fuse(p_both), both_valid, thr_both["fused"], events
         )
     for m in MODALITIES:
         p, valid, _ = window_probs(model, heads[m], test, enc)[m]
@@ -81,12 +77,8 @@ def shipped_decision(
     head = cfg.train.label_modality
     thr = log["thresholds"][head]
     both_valid = test.valid_cur & test.valid_cam
-    p = window_probs(model, heads[head], test, enc)
-    if "fused_average" in thr:
-        probs, score = fuse_max(p, thr)
-        row = score_setting("fused", test, probs, both_valid, thr["fused"], events, score=score)
-    else:
-        row = score_setting("fused", test, fuse(p), both_valid, thr["fused"], events)
+    probs, score = fused_decision(window_probs(model, heads[head], test, enc), thr)
+    row = score_setting("fused", test, probs, both_valid, thr["fused"], events, score=score)
     return {"head": head, "fused": row}
 
 

@@ -203,6 +203,21 @@ def fuse_max(
     return fuse(probs), np.where(np.isfinite(score), score, 0.0)
 
 
+def fused_decision(
+    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
+    thresholds: dict[str, float],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """A run's fused decision: (probs (W, C), score (W,)) against `thresholds["fused"]`.
+
+    `fuse_max` where the thresholds were calibrated for it (they carry `fused_average`, runs
+    trained since the max rule); older runs' `fused` threshold belongs to the average.
+    """
+    if "fused_average" in thresholds:
+        return fuse_max(probs, thresholds)
+    averaged = fuse(probs)
+    return averaged, 1.0 - averaged[:, 0]
+
+
 def calibrate(
     model: CMG,
     head: DetectorHead,
