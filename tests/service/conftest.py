@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = REPO / "models" / "default"
 WRITE_KEY = "k1"
 ADMIN_KEY = "adm"
+WRITE = {"X-API-Key": WRITE_KEY}  # headers of write and admin requests
+ADMIN = {"X-API-Key": ADMIN_KEY}
 T0 = 1_700_000_000.0  # sensor time of a replay's t_sim = 0 (a multiple of every hop used)
 
 

@@ -26,9 +26,9 @@ from service.main import create_app
 from service.types import WindowSpec
 from tests.helpers.decisions import check_decision
 from tests.service.conftest import (
-    ADMIN_KEY,
+    ADMIN,
     T0,
-    WRITE_KEY,
+    WRITE,
     free_port,
     make_settings,
     noise_frames,
@@ -42,8 +42,6 @@ from tests.service.test_metrics import SERIES
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-WRITE = {"X-API-Key": WRITE_KEY}
-ADMIN = {"X-API-Key": ADMIN_KEY}
 END = T0 + 1000.0
 
 

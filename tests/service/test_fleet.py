@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.types import WindowSpec
 from tests.service.conftest import (
-    ADMIN_KEY,
+    ADMIN,
     T0,
-    WRITE_KEY,
+    WRITE,
     make_settings,
     tampered_copy,
     wait_for,
@@ -26,8 +26,6 @@ from tests.service.conftest import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-ADMIN = {"X-API-Key": ADMIN_KEY}
-WRITE = {"X-API-Key": WRITE_KEY}
 
 
 @pytest.fixture

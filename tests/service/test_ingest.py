@@ -35,6 +35,7 @@ from simulator.scenario import ConditionSpec, FurnaceSpec, Scenario, stream_down
 from tests.service.conftest import (
     REPO,
     T0,
+    WRITE,
     WRITE_KEY,
     delete_prefix,
     detections,
@@ -224,9 +225,7 @@ def test_a_window_posted_over_http_scores_as_the_stream_path(
         count = redis_client.xlen(f"{key_prefix}furnace:f2:detections")
         for end in picks:
             body = _http_body_from_streams(redis_client, key_prefix, "f2", end, spec)
-            response = client.post(
-                "/v1/furnaces/f2/windows", json=body, headers={"X-API-Key": WRITE_KEY}
-            )
+            response = client.post("/v1/furnaces/f2/windows", json=body, headers=WRITE)
             assert response.status_code == 200, response.text
             http, stream = response.json(), dets[end]
             assert http["state_applied"] is False  # already committed by the stream path
@@ -577,9 +576,7 @@ def test_an_http_window_off_the_hop_grid_does_not_stop_the_stream_path(
     settings = make_settings(redis_url, key_prefix, bundle_dir)
     with app_client(settings) as client:
         body = window_body(spec, off_grid)
-        response = client.post(
-            "/v1/furnaces/h1/windows", json=body, headers={"X-API-Key": WRITE_KEY}
-        )
+        response = client.post("/v1/furnaces/h1/windows", json=body, headers=WRITE)
         assert response.status_code == 200 and response.json()["state_applied"] is True
         publish_synthetic(redis_client, key_prefix, "h1", spec, start, 40.0)
         last = math.floor((start + 39.5 - 1.0) / spec.hop_seconds) * spec.hop_seconds
