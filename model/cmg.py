@@ -111,6 +111,7 @@ class CMG(nn.Module):
         self.inputs = InputNorm(
             cfg.current_features,
             rich_current=cfg.current_feature_set == "rich",
+            long_context=cfg.current_context == "long",
             camera_norm=cfg.camera_norm,
             camera_diff=cfg.camera_diff,
             camera_channels=cfg.camera_channels,

@@ -24,6 +24,8 @@ CODE_TARGETS = (
 PHYSICS_CHANNELS = 2  # camera_channels "physics" (features.physics_channels)
 HEAD_POOLS = ("max", "meanmax")  # DetectorHead pooling over segments
 RICH_CURRENT_EXTRA = 19  # extra features of current_feature_set "rich" (features.py)
+CURRENT_CONTEXTS = ("none", "long")  # baseline (B, 3) | + a long baseline, (B, 6) [ours]
+LONG_CONTEXT_EXTRA = 6  # extra features of current_context "long" (features.py)
 
 
 def _require(ok: bool, msg: str) -> None:
@@ -130,6 +132,7 @@ class CMGConfig:
     camera_channels: str = "rgb"  # "physics": stems also read redness and local contrast
     code_target: str = "none"  # "hotness" | "hotspot": q_v alone reconstructs a low-res map
     code_target_weight: float = 1.0  # weight of that reconstruction in the total loss
+    current_context: str = "none"  # "long": the baseline input also holds a slow median
 
     def __post_init__(self) -> None:
         enc, book = self.encoder, self.codebook
@@ -151,6 +154,7 @@ class CMGConfig:
             ("head_pool", HEAD_POOLS),
             ("camera_channels", CAMERA_CHANNELS),
             ("code_target", CODE_TARGETS),
+            ("current_context", CURRENT_CONTEXTS),
         ):
             _require(
                 getattr(self, name) in allowed,
@@ -201,9 +205,16 @@ class CMGConfig:
     @property
     def current_features(self) -> int:
         """F_c, per-segment current feature size: 3 S raw + 12 stats + 3 relative + 1 (28),
-        plus RICH_CURRENT_EXTRA with current_feature_set "rich"."""
+        plus RICH_CURRENT_EXTRA with current_feature_set "rich", plus LONG_CONTEXT_EXTRA with
+        current_context "long"."""
         extra = RICH_CURRENT_EXTRA if self.current_feature_set == "rich" else 0
+        extra += LONG_CONTEXT_EXTRA if self.current_context == "long" else 0
         return 3 * self.samples_per_segment + 16 + extra
+
+    @property
+    def baseline_width(self) -> int:
+        """Columns of the baseline input: 3 (per phase), 6 with current_context "long"."""
+        return 6 if self.current_context == "long" else 3
 
     @property
     def camera_extra_channels(self) -> int:

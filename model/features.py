@@ -27,13 +27,15 @@ def current_features(x_c: Tensor, baseline: Tensor) -> Tensor:
 
     Args:
         x_c: (B, T, S, 3) phase currents in A.
-        baseline: (B, 3) per-phase median of the 120 s before the window, in A.
+        baseline: (B, 3) per-phase median of the 120 s before the window, in A (columns
+            beyond the third, a long baseline, are ignored here).
 
     Returns:
         (B, T, 3 S + 16) float32 features.
     """
     x = x_c.float()
     B, T, S, P = x.shape
+    baseline = baseline[:, :3]  # a long baseline, if any, has its own features
     raw = x.reshape(B, T, S * P) / CURRENT_SCALE_A  # (B, T, 3S)
     mean = x.mean(dim=2)  # (B, T, 3)
     std = (x - mean.unsqueeze(2)).pow(2).mean(dim=2).sqrt()  # (B, T, 3), population std
@@ -71,7 +73,7 @@ def rich_current_features(x_c: Tensor, baseline: Tensor) -> Tensor:
         (B, T, 19) float32.
     """
     x = x_c.float()
-    base = baseline.float()[:, None, None, :]  # (B, 1, 1, 3)
+    base = baseline[:, :3].float()[:, None, None, :]  # (B, 1, 1, 3)
     ok = (base > MIN_BASELINE_A).float()
     rel = x / base.clamp(min=MIN_BASELINE_A) * ok  # (B, T, S, 3)
     mean = rel.mean(dim=2, keepdim=True)
@@ -83,6 +85,31 @@ def rich_current_features(x_c: Tensor, baseline: Tensor) -> Tensor:
     multi = (dipping >= 2.0).float().mean(dim=2, keepdim=True)  # (B, T, 1)
     parts = [std, rel.amin(dim=2), rel.amax(dim=2).clamp(max=REL_CLAMP[1]), step]
     return torch.cat([*parts, near_zero, clipped, multi], dim=-1)  # (B, T, 19)
+
+
+def long_context_features(x_c: Tensor, baseline: Tensor) -> Tensor:
+    """Features against a long baseline, appended by current_context "long" [ours].
+
+    A 120-s median follows a build-up of minutes (overheating, semi-molten) and hides it; a
+    median over up to 10 minutes does not. Per segment: per-phase (segment mean - long) / long
+    (3) and (short baseline - long) / long (3), the drift of the recent level. Both 0 where the
+    long baseline is <= 1 A, clamped to REL_CLAMP.
+
+    Args:
+        x_c: (B, T, S, 3) phase currents in A.
+        baseline: (B, 6) A: the short per-phase baseline, then the long one.
+
+    Returns:
+        (B, T, 6) float32.
+    """
+    x = x_c.float()
+    T = x.shape[1]
+    short, slow = baseline[:, :3].float(), baseline[:, 3:6].float()  # (B, 3) each
+    ok = (slow > MIN_BASELINE_A).float()  # (B, 3)
+    denom = slow.clamp(min=MIN_BASELINE_A)
+    rel = (x.mean(dim=2) - slow.unsqueeze(1)) / denom.unsqueeze(1) * ok.unsqueeze(1)  # (B, T, 3)
+    drift = ((short - slow) / denom * ok).unsqueeze(1).expand(-1, T, -1)  # (B, T, 3)
+    return torch.cat([rel, drift], dim=-1).clamp(*REL_CLAMP)  # (B, T, 6)
 
 
 class CameraInput(NamedTuple):

@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.features import CameraInput, camera_inputs, current_features, rich_current_features
+from model.features import (
+    CameraInput,
+    camera_inputs,
+    current_features,
+    long_context_features,
+    rich_current_features,
+)
 
 STD_FLOOR = 1e-2  # lower bound of estimated standard deviations
 RICH_CLAMP = 10.0  # |standardised feature| bound with rich current features
@@ -36,12 +42,14 @@ class InputNorm(nn.Module):
         current_features: int,
         *,
         rich_current: bool = False,
+        long_context: bool = False,
         camera_norm: str = "global",
         camera_diff: str = "previous",
         camera_channels: str = "rgb",
     ) -> None:
         super().__init__()
         self.rich_current = rich_current  # append rich_current_features [ours]
+        self.long_context = long_context  # baseline (B, 6): append long_context_features [ours]
         self.camera_norm = camera_norm
         self.camera_diff = camera_diff
         self.camera_channels = camera_channels  # "physics": + redness, local contrast [ours]
@@ -103,10 +111,18 @@ class InputNorm(nn.Module):
         return f.clamp(-RICH_CLAMP, RICH_CLAMP) if self.rich_current else f
 
     def raw_current(self, x_c: Tensor, baseline: Tensor) -> Tensor:
-        """Unstandardised current features (B, T, F_c), rich ones appended if configured."""
+        """Unstandardised current features (B, T, F_c), rich and long-context ones appended if
+        configured."""
+        width = 6 if self.long_context else 3
+        if baseline.shape[-1] != width:
+            msg = f"this model reads a baseline of {width} columns per window, got "
+            msg += f"{tuple(baseline.shape)}"
+            raise ValueError(msg)
         f = current_features(x_c, baseline)
         if self.rich_current:
             f = torch.cat([f, rich_current_features(x_c, baseline)], dim=-1)
+        if self.long_context:
+            f = torch.cat([f, long_context_features(x_c, baseline)], dim=-1)
         return f
 
     def camera(self, x_v: Tensor) -> CameraInput:

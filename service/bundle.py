@@ -141,12 +141,20 @@ def read_manifest(folder: str | Path) -> Manifest:
         msg = f"{where}: format_version {version!r} is not supported (this service reads "
         msg += f"{', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade the service or re-export"
         raise BundleError(msg)
+    window = _window(_obj(raw, "window", where), where)
+    graphs = _graphs(_obj(raw, "graphs", where), where)
+    width = graphs["current"].inputs[1].shape[-1]
+    if width != window.baseline_width:
+        msg = f"{where}: the current graph's baseline_a has {width} columns but the window "
+        msg += f"spec needs {window.baseline_width} (long_baseline_seconds "
+        msg += f"{window.long_baseline_seconds:g}); re-export the bundle"
+        raise BundleError(msg)
     return Manifest(
         folder=root,
         name=_str(raw, "name", where),
         model_version=_str(raw, "model_version", where),
         format_version=int(version),
-        window=_window(_obj(raw, "window", where), where),
+        window=window,
         class_names=_class_names(raw, where),
         codebook_size=_int(raw, "codebook_size", where),
         code_dim=_int(raw, "code_dim", where),
@@ -154,7 +162,7 @@ def read_manifest(folder: str | Path) -> Manifest:
             _int(raw, "codes_per_segment", where) if "codes_per_segment" in raw else 1
         ),
         head=_str(raw, "head", where),
-        graphs=_graphs(_obj(raw, "graphs", where), where),
+        graphs=graphs,
         golden=_file_name(_str(raw, "golden", where), where),
         thresholds=_thresholds(_obj(raw, "thresholds", where), where),
         code_usage=_usage(raw, where),
@@ -240,11 +248,18 @@ def _window(raw: dict[str, Any], where: str) -> WindowSpec:
         hop_seconds=_num(raw, "hop_seconds", w, 1e-3, 3600.0),
         rate_hz=_num(raw, "rate_hz", w, 1e-3, 1000.0),
         baseline_seconds=_num(raw, "baseline_seconds", w, 0.0, 86400.0),
+        long_baseline_seconds=(
+            _num(raw, "long_baseline_seconds", w, 0.0, 86400.0)
+            if "long_baseline_seconds" in raw
+            else 0.0
+        ),
         frame_px=_int(raw, "frame_px", w),
         camera_fps=_num(raw, "camera_fps", w, 1e-3, 1000.0),
     )
     if abs(spec.samples_per_segment - spec.segment_seconds * spec.rate_hz) > 1e-9:
         raise _fail(w, "rate_hz", "times the segment length must be a whole number of samples")
+    if 0.0 < spec.long_baseline_seconds < spec.baseline_seconds:
+        raise _fail(w, "long_baseline_seconds", "must be 0 or at least baseline_seconds")
     return spec
 
 

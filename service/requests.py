@@ -59,7 +59,7 @@ def window_from_request(
     )
     notes: dict[str, Any] = {}
     end = body.window_end
-    history = int(round(spec.baseline_seconds * spec.rate_hz))
+    history = int(round(spec.lookback_seconds * spec.rate_hz))
     if body.current is not None:
         c = body.current
         n = len(c.samples)
@@ -72,7 +72,7 @@ def window_from_request(
             raise RequestError(msg)
         if n > spec.samples + history:
             msg = f"current has {n} samples; at most {spec.samples + history} (the window plus "
-            msg += f"{spec.baseline_seconds:g} s of baseline history) are used"
+            msg += f"{spec.lookback_seconds:g} s of baseline history) are used"
             raise RequestError(msg, "too_large")
         _check_time("current.start", c.start, received_at)
         ts = c.start + np.arange(n) / c.rate_hz
@@ -114,7 +114,8 @@ def _baseline(
     window: Window, part: CurrentWindow, body: WindowIn, spec: WindowSpec
 ) -> tuple[Window, str]:
     """Keep the history baseline when the request carried enough history; else use the given
-    `baseline_a`, else the window's own median (a weaker reference: level shifts vanish)."""
+    `baseline_a`, else the window's own median (a weaker reference: level shifts vanish).
+    A model with a long baseline gets the same three values there (no slow drift seen)."""
     assert body.current is not None
     covered = len(body.current.samples) >= spec.samples + int(
         round(spec.baseline_seconds * spec.rate_hz)
@@ -128,6 +129,8 @@ def _baseline(
         with np.errstate(all="ignore"):
             baseline = np.nanmedian(part.x.reshape(-1, 3), axis=0).astype(np.float32)
         source = "window_median"
+    if spec.baseline_width == 6:
+        baseline = np.concatenate([baseline, baseline])
     health = part.health
     if health == "missing" and not any(math.isnan(v) for v in baseline.tolist()):
         health = current_health(part.x.reshape(-1, 3), expected=spec.samples, config=DEFAULT_HEALTH)

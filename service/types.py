@@ -30,8 +30,19 @@ class WindowSpec:
     hop_seconds: float = 2.0
     rate_hz: float = 2.0  # current samples per second
     baseline_seconds: float = 120.0  # history before the window for the per-phase baseline
+    long_baseline_seconds: float = 0.0  # > 0: a second, slow per-phase median (up to this)
     frame_px: int = 64  # the model sees frame_px x frame_px RGB
     camera_fps: float = 2.0  # nominal; frames are matched to segment ends within 0.5 / fps
+
+    @property
+    def lookback_seconds(self) -> float:
+        """Current history the baselines read before a window's start."""
+        return max(self.baseline_seconds, self.long_baseline_seconds)
+
+    @property
+    def baseline_width(self) -> int:
+        """Columns of the current graph's baseline input: 3, or 6 with the long baseline."""
+        return 6 if self.long_baseline_seconds > 0 else 3
 
     @property
     def segment_seconds(self) -> float:
@@ -51,7 +62,8 @@ class CurrentWindow:
     """One window of three-phase current, as the current graph takes it."""
 
     x: NDArray[np.float32]  # (T, S, 3) A
-    baseline: NDArray[np.float32]  # (3,) A, per-phase median of the history before the window
+    baseline: NDArray[np.float32]  # (3,) A, per-phase median of the history before the window;
+    # (6,) with the spec's long baseline appended
     health: str = HEALTH_OK
 
 

@@ -11,10 +11,11 @@ a closed window is never rebuilt.
 Construction matches `make_windows` and `_baseline` array for array (tests compare them): per
 segment the last S samples at or before the segment end; the baseline is the per-phase
 `nanmedian` of the last baseline_seconds * rate_hz samples in (start - baseline_seconds, start]
-(NaN when none is finite); each segment's frame is the frame nearest its end within
-0.5 / camera_fps (ties to the earlier frame), an all-zero frame when none is. Offline, a
-window is skipped until the recording holds `baseline_seconds` of current before it; online
-that window is emitted with current health "missing".
+(NaN when none is finite), followed by the same over `long_baseline_seconds` when the spec
+has one (all the buffered history there is, when less); each segment's frame is the frame
+nearest its end within 0.5 / camera_fps (ties to the earlier frame), an all-zero frame when
+none is. Offline, a window is skipped until the recording holds `baseline_seconds` of current
+before it; online that window is emitted with current health "missing".
 
 Health, per modality (strings of `service.types`; content rules in `service.health`):
   current  None part: "stale" when the stream delivered before but its newest sample at or
@@ -153,7 +154,7 @@ class WindowAssembler:
         """How far before the next window end a rebuild must read: window, baseline history
         and margin (SERVING.md 2.3 names only window + grace; the baseline needs more)."""
         s = self.spec
-        return s.window_seconds + s.baseline_seconds + self._margin
+        return s.window_seconds + s.lookback_seconds + self._margin
 
     @property
     def newest(self) -> float:
@@ -175,7 +176,7 @@ class WindowAssembler:
             ValueError: for a non-finite timestamp.
         """
         _check_ts(ts)
-        if ts <= self._horizon(self.spec.baseline_seconds):
+        if ts <= self._horizon(self.spec.lookback_seconds):
             self.late["current"] += 1
             return "late"
         i = bisect.bisect_left(self._t, ts)
@@ -309,6 +310,9 @@ class WindowAssembler:
         x = cur[idx]  # (T, S, 3)
         start = end - s.window_seconds
         baseline = _baseline(t, cur, start, s.baseline_seconds, s.rate_hz)  # (3,)
+        if s.long_baseline_seconds > 0:
+            slow = _baseline(t, cur, start, s.long_baseline_seconds, s.rate_hz)  # (3,)
+            baseline = np.concatenate([baseline, slow])  # (6,)
         if end - t[pos[-1] - 1] > self.staleness_seconds:
             health = "stale"
         elif (np.diff(pos) < S).any():
@@ -371,7 +375,7 @@ class WindowAssembler:
         return start - lookback - self._margin
 
     def _prune(self) -> None:
-        cut = bisect.bisect_right(self._t, self._horizon(self.spec.baseline_seconds))
+        cut = bisect.bisect_right(self._t, self._horizon(self.spec.lookback_seconds))
         del self._t[:cut], self._v[:cut]
         cut = bisect.bisect_right(self._tf, self._horizon(self.tolerance))
         del self._tf[:cut], self._frames[:cut]

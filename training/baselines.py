@@ -25,7 +25,8 @@ def current_window_features(x_c: F32, baseline: F32) -> NDArray[np.float64]:
 
     Args:
         x_c: (W, T, S, 3) amperes.
-        baseline: (W, 3) per-phase median of the 120 s before each window.
+        baseline: (W, 3) per-phase median of the 120 s before each window (a long baseline
+            in columns 3:6, if any, is not used: the peers keep their published inputs).
 
     Returns:
         (W, 27) float64: per phase (mean, std, min, max, lag-1 autocorrelation, share near
@@ -33,6 +34,7 @@ def current_window_features(x_c: F32, baseline: F32) -> NDArray[np.float64]:
         trailing baseline level itself.
     """
     W = x_c.shape[0]
+    baseline = baseline[:, :3]
     x = x_c.reshape(W, -1, 3).astype(np.float64)  # (W, T*S, 3)
     base = np.maximum(baseline.astype(np.float64), 1.0)[:, None, :]  # (W, 1, 3)
     rel = x / base

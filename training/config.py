@@ -36,6 +36,7 @@ class TrainConfig:
     window_s: float = 16.0
     hop_s: float = 2.0
     baseline_s: float = 120.0
+    long_baseline_s: float = 0.0  # > 0: a slow median baseline too (cmg.current_context long)
     pretrain_hop_s: float = 8.0  # stride of pre-training windows (overlap wastes steps)
     threads: int = 0  # torch threads; 0 = all cores
     device: str = "auto"  # pre-training: "auto" (a CUDA GPU when present), "cpu" or "cuda"
@@ -56,6 +57,20 @@ class TrainConfig:
         if self.steps < 1 or self.batch < 2 or self.checkpoint_every < 1:
             msg = "steps and checkpoint_every must be >= 1 and batch >= 2"
             raise ValueError(msg)
+        if self.long_baseline_s and self.long_baseline_s < self.baseline_s:
+            msg = f"long_baseline_s must be 0 or >= baseline_s ({self.baseline_s}), "
+            msg += f"got {self.long_baseline_s}"
+            raise ValueError(msg)
+
+    @property
+    def window_args(self) -> dict[str, float]:
+        """The `make_windows` arguments of this run's windows."""
+        return {
+            "window_s": self.window_s,
+            "hop_s": self.hop_s,
+            "baseline_s": self.baseline_s,
+            "long_baseline_s": self.long_baseline_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,13 @@ class RunConfig:
 
     cmg: CMGConfig = field(default_factory=CMGConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        long_input = self.cmg.current_context == "long"
+        if long_input != (self.train.long_baseline_s > 0):
+            msg = "cmg.current_context: long needs train.long_baseline_s > 0 and the reverse "
+            msg += f"(got {self.cmg.current_context!r} with {self.train.long_baseline_s})"
+            raise ValueError(msg)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -1,7 +1,10 @@
 """Model windows from recordings: 16-s windows of T segments on a 2-s hop (CMG.md section 2).
 
 Causal: a window covers (t_end - window_s, t_end], its label is the condition at t_end and its
-baseline the per-phase median of the `baseline_s` before it (FURNACE.md 8.4). Camera frames
+baseline the per-phase median of the `baseline_s` before it (FURNACE.md 8.4). With
+`long_baseline_s` > 0 [ours] a second, slower per-phase median follows it: over the up to
+`long_baseline_s` before the window (all the history there is, early in a recording), so slow
+build-ups that a 120-s median follows stay visible (docs/method.md deviation 13). Camera frames
 are stored once per recording in a frame bank that windows index, so overlapping windows do
 not copy frames; `Windows.x_v` or `Windows.camera(idx)` gathers them.
 """
@@ -26,7 +29,8 @@ class Windows:
     """A batch of W windows. Frames live in `frame_bank`; `frame_index` -1 means no frame."""
 
     x_c: NDArray[np.float32]  # (W, T, S, 3) A
-    baseline: NDArray[np.float32]  # (W, 3) A, per-phase median before the window
+    baseline: NDArray[np.float32]  # (W, 3) A, per-phase median before the window; (W, 6) with
+    # the long baseline appended (make_windows' long_baseline_s > 0)
     frame_bank: NDArray[np.uint8]  # (K, H, W, 3)
     frame_index: NDArray[np.int64]  # (W, T) into frame_bank, last frame of each segment
     label: NDArray[np.int64]  # (W,) class index at t_end (0/1 when `binary`)
@@ -74,6 +78,7 @@ def make_windows(
     segments: int = 8,
     hop_s: float = 2.0,
     baseline_s: float = 120.0,
+    long_baseline_s: float = 0.0,
     rate_hz: float = 2.0,
     camera_fps: float = 2.0,
     split: str | None = None,
@@ -89,12 +94,14 @@ def make_windows(
         segments: T.
         hop_s: spacing of window ends (s).
         baseline_s: history before the window for the per-phase median baseline (s).
+        long_baseline_s: 0, or the horizon of a second, long median baseline (s) appended as
+            baseline[:, 3:6]; expanding: the history there is when the recording is younger.
         rate_hz: current sample rate; S = window_s / segments * rate_hz samples per segment.
         camera_fps: frame rate the segment-end frames are matched at (tolerance 0.5 / fps).
         split: "train", "test" or "guard"; None keeps every window.
 
     Returns:
-        Windows with x_c (W, T, S, 3), baseline (W, 3), frame_index (W, T) and per-window
+        Windows with x_c (W, T, S, 3), baseline (W, 3) or (W, 6), frame_index (W, T) and per-window
         labels, severity, health, validity.
 
     Raises:
@@ -102,6 +109,9 @@ def make_windows(
     """
     seg_s = window_s / segments
     S = int(round(seg_s * rate_hz))
+    if long_baseline_s and long_baseline_s < baseline_s:
+        msg = f"long_baseline_s ({long_baseline_s}) must be 0 or >= baseline_s ({baseline_s})"
+        raise ValueError(msg)
     if S < 1 or abs(S - seg_s * rate_hz) > 1e-9 or hop_s <= 0:
         msg = f"window_s / segments * rate_hz must be a whole number >= 1 and hop_s > 0, got {S}"
         raise ValueError(msg)
@@ -133,6 +143,9 @@ def make_windows(
     current = rec.current[oc]
     x_c = current[idx] if len(t) else np.full((W, segments, S, 3), np.nan, np.float32)
     baseline = _baseline(t, current, ends - window_s, baseline_s, rate_hz)  # (W, 3)
+    if long_baseline_s:
+        slow = _baseline(t, current, ends - window_s, long_baseline_s, rate_hz)  # (W, 3)
+        baseline = np.concatenate([baseline, slow], axis=1)  # (W, 6)
     valid_cur = (np.diff(pos, axis=1) == S).all(axis=1) & np.isfinite(x_c).all(axis=(1, 2, 3))
     valid_cur &= np.isfinite(baseline).all(axis=1)
     in_window = idx >= pos[:, :-1, None]  # (W, T, S) gathered sample lies in its segment

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.config import EVIDENCE
+from training.config import RunConfig
 from training.data import Windows
 from training.metrics import score_setting
 from training.run import (
@@ -129,14 +130,23 @@ def evaluate(
     if overlap:
         msg = f"test data share furnaces with training ({overlap}): simulate with another --seed"
         raise ValueError(msg)
-    test = windows_of(recs, window_s=tc.window_s, hop_s=tc.hop_s, baseline_s=tc.baseline_s)
+    cut: dict[tuple[float, ...], Windows] = {}
+
+    def windows_for(c: RunConfig) -> Windows:  # runs may differ in their baselines' horizons
+        key = tuple(c.train.window_args.values())
+        if key not in cut:
+            cut[key] = windows_of(recs, **c.train.window_args)
+        return cut[key]
+
+    test = windows_for(cfg)
     events = {r.name: list(r.events or []) for r in recs}
     enc = encode_all(model, test)
     settings = cmg_settings(run, test, events, enc)
     for what, path in (ablations or {}).items():
         ablation = load_run(path)
-        ablation_codes = encode_all(ablation[1], test)
-        for name, row in cmg_settings(ablation, test, events, ablation_codes).items():
+        ablation_test = windows_for(ablation[0])
+        ablation_codes = encode_all(ablation[1], ablation_test)
+        for name, row in cmg_settings(ablation, ablation_test, events, ablation_codes).items():
             if not name.startswith("ablation_"):  # the fusion-rule row: main run only
                 settings[f"ablation_{what}_{name}"] = row
     if baselines:

@@ -218,6 +218,7 @@ def export_bundle(
             "hop_seconds": tc.hop_s,
             "rate_hz": 2.0,
             "baseline_seconds": tc.baseline_s,
+            "long_baseline_seconds": tc.long_baseline_s,
             "frame_px": cfg.cmg.frame_px,
             "camera_fps": 2.0,
         },

@@ -100,14 +100,7 @@ def _fit_head(
 def split_for(cfg: RunConfig, recs: list[Any]) -> SplitData:
     """The run's train / validation split of a dataset (the same for training and baselines)."""
     tc = cfg.train
-    return split_by_furnace(
-        recs,
-        val_fraction=tc.val_fraction,
-        seed=tc.seed,
-        window_s=tc.window_s,
-        hop_s=tc.hop_s,
-        baseline_s=tc.baseline_s,
-    )
+    return split_by_furnace(recs, val_fraction=tc.val_fraction, seed=tc.seed, **tc.window_args)
 
 
 def fit_heads(

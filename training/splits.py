@@ -38,11 +38,10 @@ def load_recordings(root: str | Path, *, apply_faults: bool = False) -> list[Rec
     return read_fmf(root, camera_fps=2.0, apply_faults=apply_faults)
 
 
-def windows_of(
-    recs: list[Recording], *, window_s: float, hop_s: float, baseline_s: float
-) -> Windows:
-    parts = [make_windows(r, window_s=window_s, hop_s=hop_s, baseline_s=baseline_s) for r in recs]
-    return concat_windows(parts)
+def windows_of(recs: list[Recording], **window: Any) -> Windows:
+    """The windows of all recordings; `window` are `make_windows` arguments (window_s, hop_s,
+    baseline_s, long_baseline_s: `TrainConfig.window_args`)."""
+    return concat_windows([make_windows(r, **window) for r in recs])
 
 
 def split_by_furnace(
@@ -50,14 +49,14 @@ def split_by_furnace(
     *,
     val_fraction: float,
     seed: int,
-    window_s: float,
-    hop_s: float,
-    baseline_s: float,
+    **window: Any,
 ) -> SplitData:
-    """Hold out whole furnaces for validation; real FMF data fall back to time blocks."""
+    """Hold out whole furnaces for validation; real FMF data fall back to time blocks.
+
+    `window` are `make_windows` arguments (`TrainConfig.window_args`)."""
     binary = all(r.label_cur is None for r in recs)
     if binary:
-        return _split_fmf(recs, val_fraction, window_s=window_s, hop_s=hop_s, baseline_s=baseline_s)
+        return _split_fmf(recs, val_fraction, **window)
     furnaces = sorted({r.furnace_id or r.name for r in recs})
     if len(furnaces) < 2:
         msg = "need recordings of at least 2 furnaces to hold one out for validation"
@@ -67,25 +66,23 @@ def split_by_furnace(
     val_ids = sorted(rng.choice(furnaces, size=n_val, replace=False).tolist())
     train_recs = [r for r in recs if (r.furnace_id or r.name) not in val_ids]
     val_recs = [r for r in recs if (r.furnace_id or r.name) in val_ids]
-    kw = {"window_s": window_s, "hop_s": hop_s, "baseline_s": baseline_s}
     return SplitData(
-        train=windows_of(train_recs, **kw),
-        val=windows_of(val_recs, **kw),
+        train=windows_of(train_recs, **window),
+        val=windows_of(val_recs, **window),
         events={r.name: list(r.events or []) for r in recs},
         furnaces={"train": [f for f in furnaces if f not in val_ids], "val": val_ids},
         binary=False,
     )
 
 
-def _split_fmf(
-    recs: list[Recording], val_fraction: float, *, window_s: float, hop_s: float, baseline_s: float
-) -> SplitData:
+def _split_fmf(recs: list[Recording], val_fraction: float, **window: Any) -> SplitData:
     """FMF-Benchmark: train.json windows; the last `val_fraction` of each recording's training
     windows (a contiguous block, after a guard band of one window + baseline) validate."""
     train_parts, val_parts = [], []
-    guard = window_s + baseline_s
+    history = max(window.get("baseline_s", 120.0), window.get("long_baseline_s", 0.0))
+    guard = window.get("window_s", 16.0) + history
     for r in recs:
-        w = make_windows(r, window_s=window_s, hop_s=hop_s, baseline_s=baseline_s, split="train")
+        w = make_windows(r, split="train", **window)
         if len(w) == 0:
             continue
         cut = np.quantile(w.t_end, 1.0 - val_fraction)

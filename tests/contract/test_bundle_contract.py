@@ -115,3 +115,14 @@ def test_missing_and_unlisted_files_are_refused(bundle_copy: Path) -> None:
         verify_bundle(bundle_copy)
     with pytest.raises(BundleError, match="does not exist"):
         verify_bundle(bundle_copy / "nope")
+
+
+def test_a_window_spec_that_does_not_fit_the_graphs_baseline_is_refused(bundle_copy: Path) -> None:
+    raw = json.loads((bundle_copy / "manifest.json").read_text())
+    window = dict(raw["window"], long_baseline_seconds=600.0)  # the graph reads 3 columns
+    _edit(bundle_copy, window=window)
+    with pytest.raises(BundleError, match="baseline_a has 3 columns but the window spec needs 6"):
+        verify_bundle(bundle_copy)
+    _edit(bundle_copy, window=dict(window, long_baseline_seconds=60.0))
+    with pytest.raises(BundleError, match="must be 0 or at least baseline_seconds"):
+        verify_bundle(bundle_copy)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional
 
-from model.features import camera_features, camera_inputs, current_features, frame_target
+from model.cmg import CMG
+from model.features import (
+    camera_features,
+    camera_inputs,
+    current_features,
+    frame_target,
+    long_context_features,
+)
+from tests.model.factories import make_batch, make_tiny_cfg
 
 
 def test_current_features_hand_case() -> None:
@@ -68,3 +77,27 @@ def test_camera_inputs_are_the_two_halves_of_camera_features() -> None:
         x_v.float().permute(0, 1, 4, 2, 3).reshape(6, 3, 8, 8) / 255.0, 2
     )
     torch.testing.assert_close(frame_target(cam.pixels, 4), expected)
+
+
+def test_long_context_features_hand_case() -> None:
+    x_c = torch.full((1, 2, 4, 3), 1100.0)  # every segment at 1 100 A on each phase
+    x_c[0, 1] = 1320.0
+    baseline = torch.tensor([[1050.0, 1000.0, 1000.0, 1000.0, 1000.0, 0.5]])  # short | long
+    f = long_context_features(x_c, baseline)  # (1, 2, 6)
+    assert f.shape == (1, 2, 6)
+    # (segment mean - long) / long, then (short - long) / long; 0 where long <= 1 A
+    torch.testing.assert_close(f[0, 0], torch.tensor([0.1, 0.1, 0.0, 0.05, 0.0, 0.0]))
+    torch.testing.assert_close(f[0, 1], torch.tensor([0.32, 0.32, 0.0, 0.05, 0.0, 0.0]))
+    assert torch.isfinite(long_context_features(torch.zeros(2, 3, 4, 3), torch.zeros(2, 6))).all()
+
+
+def test_a_long_context_model_reads_six_baseline_columns_and_says_so() -> None:
+    cfg = make_tiny_cfg(current_context="long")
+    model = CMG(cfg).eval()
+    b = make_batch(cfg)
+    long = torch.cat([b.baseline, b.baseline * 0.9], dim=1)  # (B, 6)
+    z = model.encode("current", b.x_c, long)
+    assert z.shape[:2] == (b.x_c.shape[0], cfg.segments)
+    assert cfg.current_features == make_tiny_cfg().current_features + 6
+    with pytest.raises(ValueError, match="baseline of 6 columns"):
+        model.encode("current", b.x_c, b.baseline)

@@ -41,9 +41,9 @@ def _feed(asm: WindowAssembler, ep: Episode, entry: tuple[float, int, int]) -> s
     return asm.add_frame(ts, ep.frames[i])
 
 
-def _assert_matches_offline(ep: Episode, windows: list[Window]) -> int:
+def _assert_matches_offline(ep: Episode, windows: list[Window], **window: float) -> int:
     """Every offline window has an online twin with identical x, baseline and frames."""
-    off = make_windows(as_recording(ep))
+    off = make_windows(as_recording(ep), **window)
     online = {round(w.end - ep.start_epoch, 6): w for w in windows}
     x_v = off.x_v
     for j, t_end in enumerate(off.t_end):
@@ -71,6 +71,22 @@ def test_shuffled_arrival_matches_make_windows(episode: Episode) -> None:
     )
     assert all(w.health("camera") == "ok" for w in windows)
     assert asm.pop_closed() == []  # nothing is emitted twice
+
+
+def test_the_long_baseline_matches_make_windows_while_streaming(episode: Episode) -> None:
+    spec = replace(SPEC, long_baseline_seconds=200.0)
+    asm = WindowAssembler("f1", spec)
+    windows = []
+    for e in _entries(episode):  # in time order: pruning runs while the windows close
+        _feed(asm, episode, e)
+        windows += asm.pop_closed()
+    assert _assert_matches_offline(episode, windows, long_baseline_s=200.0) >= 80
+    late = [w for w in windows if w.end - episode.start_epoch > 250]
+    assert late and all(w.current is not None and w.current.baseline.shape == (6,) for w in late)
+    w = late[-1]
+    assert w.current is not None
+    assert not np.array_equal(w.current.baseline[:3], w.current.baseline[3:])  # two medians
+    assert asm.history_seconds >= 200.0 + spec.window_seconds
 
 
 def test_streaming_with_jitter_matches_batch_and_stays_bounded(episode: Episode) -> None:

@@ -66,6 +66,22 @@ def test_baseline_is_the_median_of_the_history_only() -> None:
     assert len(short) == 0  # no window without a full baseline history
 
 
+def test_the_long_baseline_is_the_median_of_up_to_its_horizon() -> None:
+    ep = make_episode(seconds=400.0)
+    rec = as_recording(ep)
+    short, long = make_windows(rec), make_windows(rec, long_baseline_s=300.0)
+    assert long.baseline.shape == (len(short), 6)
+    np.testing.assert_array_equal(long.t_end, short.t_end)  # the same windows
+    np.testing.assert_array_equal(long.baseline[:, :3], short.baseline)
+    for i in (0, len(long) - 1):  # expanding early in the recording, then the full horizon
+        start = long.t_end[i] - 16.0
+        hist = (ep.t_cur > max(start - 300.0, -1.0)) & (ep.t_cur <= start)
+        assert hist.sum() == min(600, int(round(start * 2.0)) + 1)
+        np.testing.assert_allclose(long.baseline[i, 3:], np.median(ep.current[hist], axis=0))
+    with pytest.raises(ValueError, match="long_baseline_s"):
+        make_windows(rec, long_baseline_s=60.0)
+
+
 def test_no_window_crosses_splits() -> None:
     ep = make_episode(seconds=400.0)
     split = np.where(ep.t_frame < 250.0, "train", np.where(ep.t_frame < 280.0, "guard", "test"))

@@ -73,3 +73,49 @@ def test_export_refuses_an_unknown_head(tiny_run: Path, tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="head 'nope' not in the run"):
         export_bundle(tiny_run, tmp_path / "b", head="nope")
+
+
+def test_a_long_context_run_exports_and_the_service_scores_stream_windows_alike(
+    easy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """current_context "long": a (B, 6) baseline input end to end, training to service."""
+    from dataclasses import replace
+
+    from service.engine import Engine
+    from service.windows import WindowAssembler
+    from tests.helpers.tiny_run import tiny_config
+    from training.export import export_bundle
+    from training.run import train_run
+
+    base = tiny_config()
+    cfg = replace(
+        base,
+        cmg=replace(base.cmg, current_context="long"),
+        train=replace(
+            base.train, steps=20, checkpoint_every=20, head_epochs=2, long_baseline_s=300.0
+        ),
+    )
+    train_run(easy_data["train"], tmp_path / "run", cfg, progress=False)
+    export_bundle(tmp_path / "run", tmp_path / "bundle", data_dir=easy_data["train"])
+    engine = Engine(tmp_path / "bundle")  # verifies the files and the golden windows
+    spec = engine.manifest.window
+    assert spec.long_baseline_seconds == 300.0 and spec.baseline_width == 6
+    assert engine.manifest.graphs["current"].inputs[1].shape == (None, 6)
+
+    rec = load_recordings(easy_data["test"])[0]
+    offline = windows_of([rec], **cfg.train.window_args)
+    asm = WindowAssembler("f", spec)
+    for t, row in zip(rec.t_cur.tolist(), rec.current.tolist(), strict=True):
+        asm.add_current(rec.start_epoch + t, *row)
+    online = {round(w.end - rec.start_epoch, 6): w for w in asm.pop_closed()}
+    pick = [j for j in range(len(offline)) if offline.t_end[j] > 400.0][:4]
+    windows = [online[round(float(offline.t_end[j]), 6)] for j in pick]
+    got = engine.score(windows)
+    _, model, heads, _ = load_run(tmp_path / "run")
+    ref = torch_outputs(
+        ModalityScorer(model, heads["current"], "current"),
+        scorer_inputs(offline, "current", np.asarray(pick)),
+    )
+    for k, d in enumerate(got):
+        assert d.per_modality["current"].codes == ref["codes"][k].tolist()
+        np.testing.assert_allclose(d.per_modality["current"].probs, ref["probs"][k], atol=1e-4)
