@@ -193,9 +193,11 @@ th{{background:#eee}}img{{max-width:100%}}</style></head><body>
 test data <code>{html.escape(metrics["test_data"])}</code>: furnaces never seen in training
 ({len(metrics["test_furnaces"])}). Thresholds were calibrated to
 {log["target_far"]:.0%} false alarms on normal validation windows of the training furnaces;
-zero-shot rows apply the source modality's threshold unchanged. macro_f1 is over the listed
-conditions (plus normal); macro_f1_all over all six. delay_s: median seconds from event onset
-to an alert (2 of 3 windows above threshold).</p>
+zero-shot rows apply a label-free target threshold that alarms on the same share of paired
+validation windows as the source threshold does (quantile matching), ablation_source_threshold
+rows the source modality's threshold unchanged. macro_f1 is over the listed conditions (plus
+normal); macro_f1_all over all six. delay_s: median seconds from event onset to an alert (2 of
+3 windows above threshold).</p>
 {rows}
 <h2>Confusion matrices</h2><img src="confusion.png">
 <h2>Per-condition F1</h2><img src="per_class_f1.png">

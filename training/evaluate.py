@@ -3,7 +3,10 @@
 Settings (metrics.json names): fused, current_only, camera_only, zero_shot_current_to_camera,
 zero_shot_camera_to_current; `ablation_<what>_<setting>` for ablation runs given alongside;
 `baseline_<what>_<setting>` for the peer baselines, trained here on the run's training data.
-Zero-shot applies the SOURCE modality's threshold unchanged (CMG.md 7.6).
+Zero-shot rows apply a label-free target threshold, matched to the source threshold's alarm share
+on paired validation windows (`training.run.zero_shot_thresholds`, docs/method.md deviation 14);
+`ablation_source_threshold_zero_shot_<src>_to_<dst>` keep the source modality's threshold
+unchanged (CMG.md 7.6).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from simulator.config import EVIDENCE
 from training.config import RunConfig
 from training.data import Windows
+from training.fmf import Recording
 from training.metrics import score_setting
 from training.run import (
     MODALITIES,
@@ -25,6 +29,7 @@ from training.run import (
     load_run,
     split_for,
     window_probs,
+    zero_shot_thresholds,
 )
 from training.splits import SplitData, load_recordings, windows_of
 from training.train_head import Encoded
@@ -33,9 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 def cmg_settings(
-    run: tuple[Any, ...], test: Windows, events: dict[str, Any], enc: dict[str, Encoded]
+    run: tuple[Any, ...],
+    test: Windows,
+    events: dict[str, Any],
+    enc: dict[str, Encoded],
+    zero_shot: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """The five CMG settings of one loaded run (`load_run`) on test windows and their codes."""
+    """The five CMG settings of one loaded run (`load_run`) on test windows and their codes.
+
+    `zero_shot` (`training.run.zero_shot_thresholds`) gives the zero-shot rows their target
+    thresholds and adds `ablation_source_threshold_<row>` with the source threshold unchanged;
+    None keeps the source threshold in the zero-shot rows.
+    """
     _, model, heads, log = run
     thr = log["thresholds"]
     both_valid = test.valid_cur & test.valid_cam
@@ -53,10 +67,22 @@ def cmg_settings(
     for m in MODALITIES:
         p, valid, _ = window_probs(model, heads[m], test, enc)[m]
         rows[f"{m}_only"] = score_setting(f"{m}_only", test, p, valid, thr[m][m], events)
+    unchanged = {}
     for src, dst in (("current", "camera"), ("camera", "current")):
         p, valid, _ = window_probs(model, heads[src], test, enc)[dst]
         name = f"zero_shot_{src}_to_{dst}"
-        row = score_setting(name, test, p, valid, thr[src][src], events)
+        matched = (zero_shot or {}).get(f"{src}_to_{dst}")
+        row = score_setting(
+            name, test, p, valid, matched["threshold"] if matched else thr[src][src], events
+        )
+        row["threshold_rule"] = "quantile_matched" if matched else "source"
+        row["source_threshold"] = thr[src][src]
+        if matched:
+            row["calibration_alarm_share"] = matched["alarm_share"]
+            row["calibration_windows"] = matched["windows"]
+            source_row = score_setting(name, test, p, valid, thr[src][src], events)
+            source_row["threshold_rule"] = "source"
+            unchanged[f"ablation_source_threshold_{name}"] = source_row
         # The same conditions scored with the target modality's own supervised head.
         p_sup, _, _ = window_probs(model, heads[dst], test, enc)[dst]
         sup = score_setting(name, test, p_sup, valid, thr[dst][dst], events)
@@ -65,7 +91,33 @@ def cmg_settings(
             row["macro_f1"] / sup["macro_f1"] if sup["macro_f1"] > 0 else float("nan")
         )
         rows[name] = row
-    return rows
+    return rows | unchanged
+
+
+def training_split(
+    run: tuple[Any, ...], recordings: dict[str, list[Recording]] | None = None
+) -> SplitData | None:
+    """The run's own train / validation split of its training data (None where the data are
+    gone), read once per dataset path when `recordings` is kept between calls."""
+    cfg, _, _, log = run
+    path = Path(log["data"]["path"])
+    if not path.exists():
+        logger.warning("training data %s not found: zero-shot rows keep the source threshold", path)
+        return None
+    cache = {} if recordings is None else recordings
+    if str(path) not in cache:
+        cache[str(path)] = load_recordings(path)
+    return split_for(cfg, cache[str(path)])
+
+
+def calibrate_zero_shot(
+    run: tuple[Any, ...], data: SplitData | None
+) -> dict[str, dict[str, float]] | None:
+    """Label-free zero-shot thresholds of a loaded run on its validation windows (None: none)."""
+    if data is None:
+        return None
+    _, model, heads, log = run
+    return zero_shot_thresholds(model, heads, data.val, log["thresholds"])
 
 
 def shipped_decision(
@@ -141,16 +193,22 @@ def evaluate(
     test = windows_for(cfg)
     events = {r.name: list(r.events or []) for r in recs}
     enc = encode_all(model, test)
-    settings = cmg_settings(run, test, events, enc)
+    recordings: dict[str, list[Recording]] = {}  # training data by path, read once
+    data = training_split(run, recordings)
+    settings = cmg_settings(run, test, events, enc, calibrate_zero_shot(run, data))
     for what, path in (ablations or {}).items():
         ablation = load_run(path)
         ablation_test = windows_for(ablation[0])
         ablation_codes = encode_all(ablation[1], ablation_test)
-        for name, row in cmg_settings(ablation, ablation_test, events, ablation_codes).items():
-            if not name.startswith("ablation_"):  # the fusion-rule row: main run only
+        zero_shot = calibrate_zero_shot(ablation, training_split(ablation, recordings))
+        rows = cmg_settings(ablation, ablation_test, events, ablation_codes, zero_shot)
+        for name, row in rows.items():
+            if not name.startswith("ablation_"):  # fusion-rule and threshold rows: main run only
                 settings[f"ablation_{what}_{name}"] = row
     if baselines:
-        data = split_for(cfg, load_recordings(log["data"]["path"]))
+        if data is None:
+            msg = f"training data {log['data']['path']} not found: the baselines train on them"
+            raise FileNotFoundError(msg)
         settings |= baseline_settings(data, test, events, tc.seed, tc.target_far)
         from training.fusion import fusion_settings
 

@@ -238,6 +238,76 @@ def calibrate(
     return out
 
 
+def quantile_matched_threshold(
+    source_scores: NDArray[np.float64], target_scores: NDArray[np.float64], source_threshold: float
+) -> tuple[float, float]:
+    """A target-modality threshold that alarms as often as the source threshold does [ours].
+
+    Label-free calibration of a zero-shot decision by quantile matching: q is the share of
+    source scores above `source_threshold`, and the target threshold is the (1 - q) quantile of
+    the target scores. On paired windows (the same furnace-time seen by both sensors) the
+    abnormal share is the same in both modalities, so no target label is needed. The "lower"
+    quantile makes exactly as many target scores exceed the threshold as source scores do
+    (ties aside) when both arrays have the same length; q = 0 gives the largest target score,
+    so nothing alarms.
+
+    Args:
+        source_scores: (N,) source-modality scores of one head, 1 - p(normal).
+        target_scores: (M,) the same head's scores on the target modality's windows.
+        source_threshold: the source modality's calibrated threshold.
+
+    Returns:
+        (target threshold, q).
+
+    Raises:
+        ValueError: when either array is empty.
+    """
+    if source_scores.size == 0 or target_scores.size == 0:
+        msg = "quantile matching needs source and target scores (no paired windows?)"
+        raise ValueError(msg)
+    q = float(np.mean(source_scores > source_threshold))
+    return float(np.quantile(target_scores, 1.0 - q, method="lower")), q
+
+
+def zero_shot_thresholds(
+    model: CMG,
+    heads: dict[str, DetectorHead],
+    val: Windows,
+    thresholds: dict[str, dict[str, float]],
+) -> dict[str, dict[str, float]]:
+    """Label-free target thresholds of both zero-shot directions (`quantile_matched_threshold`).
+
+    Uses every paired validation window (both modalities valid, no clock skew; no label is
+    read): the source head's scores on the source modality against its own threshold
+    (`thresholds[src][src]`, as `calibrate` set it) fix the alarm share, and the same head's
+    scores on the target modality of the same windows fix the threshold.
+
+    Args:
+        model: the frozen CMG.
+        heads: `current` and `camera` heads.
+        val: validation windows of the training furnaces.
+        thresholds: a run's thresholds per head (`train_log.json` "thresholds").
+
+    Returns:
+        {"current_to_camera": {...}, "camera_to_current": {...}}, each with `threshold` (on
+        the target's 1 - p(normal)), `source_threshold`, `alarm_share` (q) and `windows`.
+    """
+    pairs = val.select(paired_mask(val))
+    enc = encode_all(model, pairs)
+    out = {}
+    for src, dst in (("current", "camera"), ("camera", "current")):
+        probs = window_probs(model, heads[src], pairs, enc)
+        source, target = 1.0 - probs[src][0][:, 0], 1.0 - probs[dst][0][:, 0]
+        threshold, q = quantile_matched_threshold(source, target, thresholds[src][src])
+        out[f"{src}_to_{dst}"] = {
+            "threshold": threshold,
+            "source_threshold": thresholds[src][src],
+            "alarm_share": q,
+            "windows": float(len(pairs)),
+        }
+    return out
+
+
 def train_run(
     data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, progress: bool = True
 ) -> Path:

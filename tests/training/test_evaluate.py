@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from training.evaluate import evaluate
 from training.metrics import CONDITIONS_BY_SETTING
 
@@ -32,6 +34,18 @@ def test_metrics_json_has_every_setting_in_the_documented_shape(
             assert key in row, (name, key)
         assert row["conditions"] == CONDITIONS_BY_SETTING[name]
         assert 0.0 <= row["macro_f1"] <= 1.0 and 0.0 <= row["fdr"] <= 1.0
+    # zero-shot: a label-free target threshold; the source threshold unchanged as an ablation
+    thresholds = json.loads((tiny_run / "train_log.json").read_text())["thresholds"]
+    for src, dst in (("current", "camera"), ("camera", "current")):
+        row = settings[f"zero_shot_{src}_to_{dst}"]
+        unchanged = settings[f"ablation_source_threshold_zero_shot_{src}_to_{dst}"]
+        assert row["threshold_rule"] == "quantile_matched"
+        assert unchanged["threshold_rule"] == "source"
+        assert unchanged["threshold"] == row["source_threshold"] == thresholds[src][src]
+        assert 0.0 <= row["calibration_alarm_share"] <= 1.0 and row["calibration_windows"] > 0
+        # the threshold moves the alarms only, not the naming or the ranking
+        for key in ("macro_f1", "auroc"):
+            np.testing.assert_equal(unchanged[key], row[key])
     # the decision a bundle of this run makes: its shipped head, fused by the max rule
     shipped = metrics["shipped"]
     assert shipped["head"] == "current"
