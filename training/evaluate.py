@@ -156,7 +156,7 @@ def baseline_settings(
         probs = model.predict_proba(test.x_c, test.baseline)
         row = score_setting("current_only", test, probs, valid, thr, events)
         if kind == "iforest":  # no condition names: only detection figures are meaningful
-            row["macro_f1"] = row["macro_f1_all"] = float("nan")
+            row["macro_f1"] = row["macro_f1_all"] = row["macro_f1_decision"] = float("nan")
         rows[f"baseline_{kind}_current_only"] = row
     return rows
 
@@ -196,8 +196,10 @@ def evaluate(
     recordings: dict[str, list[Recording]] = {}  # training data by path, read once
     data = training_split(run, recordings)
     settings = cmg_settings(run, test, events, enc, calibrate_zero_shot(run, data))
+    ablation_runs = {}
     for what, path in (ablations or {}).items():
         ablation = load_run(path)
+        ablation_runs[what] = {"run": str(path), "shared_codebook": ablation[0].cmg.shared_codebook}
         ablation_test = windows_for(ablation[0])
         ablation_codes = encode_all(ablation[1], ablation_test)
         zero_shot = calibrate_zero_shot(ablation, training_split(ablation, recordings))
@@ -222,6 +224,7 @@ def evaluate(
         "evidence": EVIDENCE,
         "settings": settings,
         "shipped": shipped_decision(run, test, events, enc),
+        "ablation_runs": ablation_runs,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     from training.eval_report import write_eval_report

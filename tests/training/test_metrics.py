@@ -12,6 +12,7 @@ from training.config import RunConfig, config_from_dict, config_to_dict, load_co
 from training.metrics import (
     auroc,
     conditions_with_evidence,
+    decide,
     detection_delays,
     fdr_mdr,
     macro_f1,
@@ -103,3 +104,45 @@ def test_per_class_auroc_ranks_each_condition_against_normal_only() -> None:
     assert out["a"] == 1.0
     assert out["b"] == 0.75  # p(b) = 0.1 beats one normal window and ties the other
     assert math.isnan(per_class_auroc(y[:2], probs[:2], ("normal", "a", "b"))["a"])
+
+
+def test_decide_answers_like_the_service() -> None:
+    probs = np.array(
+        [
+            [0.7, 0.2, 0.1, 0.0, 0.0, 0.0],  # below the threshold: normal
+            [0.7, 0.2, 0.1, 0.0, 0.0, 0.0],  # above it (another modality's ratio): best abnormal
+            [0.1, 0.1, 0.8, 0.0, 0.0, 0.0],  # above it: the most probable class
+            [0.1, 0.1, 0.8, 0.0, 0.0, 0.0],  # confident, but at the threshold: normal
+        ]
+    )
+    score = np.array([0.3, 1.5, 0.9, 0.5])
+    np.testing.assert_array_equal(decide(probs, score, 0.5), [0, 1, 2, 0])
+
+
+def test_target_rows_say_met_or_missed() -> None:
+    from training.eval_report import target_rows
+
+    def row(f1: float, conditions: list[str], **extra: float) -> dict[str, object]:
+        return {"macro_f1": f1, "macro_f1_all": f1, "conditions": conditions, **extra}
+
+    zs = ["normal", "eruption", "abnormal_exhaust"]
+    metrics = {
+        "settings": {
+            "fused": row(0.98, ["normal"]),
+            "current_only": row(0.5, ["normal"]),
+            "zero_shot_current_to_camera": row(0.45, zs, ratio_to_supervised=0.95),
+            "ablation_sep_zero_shot_current_to_camera": row(0.36, zs),
+            "ablation_sep_zero_shot_camera_to_current": row(0.6, zs),
+            "ablation_shared_zero_shot_current_to_camera": row(0.6, zs),
+        },
+        "ablation_runs": {"sep": {"shared_codebook": False}, "shared": {"shared_codebook": True}},
+    }
+    got = {t: v for t, _, v in target_rows(metrics)}
+    assert got["fused macro_f1_all >= 0.97"] == "met"
+    assert got["current_only macro_f1 >= 0.93"] == "missed"
+    assert got["zero_shot_current_to_camera >= 0.9 x supervised"] == "met"
+    assert got["separate codebooks (sep): zero_shot_current_to_camera near chance (0.33)"] == "met"
+    assert (
+        got["separate codebooks (sep): zero_shot_camera_to_current near chance (0.33)"] == "missed"
+    )
+    assert len(got) == 5  # camera_only absent; the shared ablation is no separate-codebook run
