@@ -17,7 +17,8 @@ class CurrentIn(BaseModel):
     """Three-phase current in amperes at `rate_hz`, oldest first.
 
     Give at least one window of samples (window_seconds x rate_hz, e.g. 32). Extra samples
-    before the window (up to baseline_seconds) are used for the per-phase baseline; without
+    before the window (up to baseline_seconds, or long_baseline_seconds when the model has a
+    long baseline) are used for the per-phase baseline(s); without
     them, give `baseline_a`, or the window's own median is used (and the response says so).
     """
 
