@@ -24,6 +24,7 @@ CODE_TARGETS = (
 PHYSICS_CHANNELS = 2  # camera_channels "physics" (features.physics_channels)
 HEAD_POOLS = ("max", "meanmax")  # DetectorHead pooling over segments
 RICH_CURRENT_EXTRA = 19  # extra features of current_feature_set "rich" (features.py)
+CAMERA_SUMMARIES = ("none", "hotspot")  # + per-segment hot-spot statistics [ours]
 CURRENT_CONTEXTS = ("none", "long")  # baseline (B, 3) | + a long baseline, (B, 6) [ours]
 LONG_CONTEXT_EXTRA = 6  # extra features of current_context "long" (features.py)
 
@@ -133,6 +134,7 @@ class CMGConfig:
     code_target: str = "none"  # "hotness" | "hotspot": q_v alone reconstructs a low-res map
     code_target_weight: float = 1.0  # weight of that reconstruction in the total loss
     current_context: str = "none"  # "long": the baseline input also holds a slow median
+    camera_summary: str = "none"  # "hotspot": Phi_v also reads per-segment hot-spot statistics
 
     def __post_init__(self) -> None:
         enc, book = self.encoder, self.codebook
@@ -155,6 +157,7 @@ class CMGConfig:
             ("camera_channels", CAMERA_CHANNELS),
             ("code_target", CODE_TARGETS),
             ("current_context", CURRENT_CONTEXTS),
+            ("camera_summary", CAMERA_SUMMARIES),
         ):
             _require(
                 getattr(self, name) in allowed,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import CMGConfig, EncoderConfig
-from model.features import CameraInput
+from model.features import HOTSPOT_STATS, CameraInput, hotspot_stats
 
 
 class TransformerLayer(nn.Module):
@@ -187,6 +187,9 @@ class CameraSemanticEncoder(nn.Module):
         # local hot spot moves far more than it moves any average over the shell
         self.with_max = cfg.camera_pool == "attention_max"
         width = enc.stem_channels[1] * (2 if self.with_max else 1)
+        # "hotspot" [ours]: per-segment hot-spot statistics beside the pooled map
+        self.with_stats = cfg.camera_summary == "hotspot"
+        width += HOTSPOT_STATS if self.with_stats else 0
         self.body = SemanticTransformer(width, cfg.segments, enc)
 
     def forward(self, cam: CameraInput) -> Tensor:
@@ -197,7 +200,10 @@ class CameraSemanticEncoder(nn.Module):
         pooled = self.pool(m, gate)  # (B*T, C) == pool(SE(m)), without gating m
         if self.with_max:  # gates are positive, so max(gate * m) = gate * max(m)
             pooled = torch.cat([pooled, m.amax(dim=(2, 3)) * gate], dim=-1)  # (B*T, 2C)
-        return self.body(pooled.reshape(B, T, -1))
+        pooled = pooled.reshape(B, T, -1)
+        if self.with_stats:
+            pooled = torch.cat([pooled, hotspot_stats(cam.pixels)], dim=-1)  # (B, T, F + 10)
+        return self.body(pooled)
 
 
 class CurrentSpecificEncoder(nn.Module):

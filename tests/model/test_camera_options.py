@@ -15,9 +15,11 @@ from model.config import CMGConfig
 from model.features import (
     HOTNESS_CHANNELS,
     HOTSPOT_CHANNELS,
+    HOTSPOT_STATS,
     PHYSICS_CHANNELS,
     camera_inputs,
     hotness_target,
+    hotspot_stats,
     hotspot_target,
     physics_channels,
 )
@@ -29,6 +31,7 @@ PHYSICS = {"camera_channels": "physics"}
 HOTNESS = {"code_target": "hotness"}
 BOTH = {**PHYSICS, **HOTNESS}
 HOTSPOT = {"code_target": "hotspot"}
+STATS = {"camera_summary": "hotspot", "code_target": "hotspot"}
 
 
 def test_defaults_are_the_previous_model() -> None:
@@ -89,7 +92,21 @@ def test_local_contrast_marks_a_local_hot_spot() -> None:
     assert int(target[0].argmax()) == 3 * 8 + 3  # the hot cell is the 4-px cell (3, 3)
 
 
-@pytest.mark.parametrize("changes", [PHYSICS, HOTNESS, BOTH, HOTSPOT])
+def test_hotspot_stats_rise_with_a_shell_spot_and_vanish_on_black() -> None:
+    plain = torch.full((1, 2, 3, 32, 32), 60.0)
+    spot = plain.clone()
+    spot[0, 1, 0, 20:24, 12:16] = 250.0  # a red-hot blob on the shell, second segment only
+    spot[0, 1, 1, 20:24, 12:16] = 140.0
+    s_plain, s_spot = hotspot_stats(plain), hotspot_stats(spot)  # (1, 2, 10)
+    assert s_spot.shape == (1, 2, HOTSPOT_STATS)
+    torch.testing.assert_close(s_spot[0, 0], s_plain[0, 0])  # per segment
+    assert float(s_spot[0, 1, 2]) > float(s_plain[0, 1, 2]) + 1.0  # blob max
+    assert float(s_spot[0, 1, 4]) > 0.0 == float(s_plain[0, 1, 4])  # share above mean + 2 std
+    assert float(s_spot[0, 1, 7]) > float(s_plain[0, 1, 7])  # redness max
+    assert bool((hotspot_stats(torch.zeros(1, 2, 3, 32, 32)) == 0).all())
+
+
+@pytest.mark.parametrize("changes", [PHYSICS, HOTNESS, BOTH, HOTSPOT, STATS])
 def test_training_step_with_options_is_finite(changes: dict[str, str]) -> None:
     cfg = make_tiny_cfg(align="infonce", **changes)
     torch.manual_seed(0)
@@ -108,8 +125,9 @@ def test_training_step_with_options_is_finite(changes: dict[str, str]) -> None:
         assert bool(torch.isfinite(model(*zeros).loss.total))
 
 
-def test_physics_scorer_exports_to_onnx(tmp_path: Path) -> None:
-    cfg = make_tiny_cfg(**BOTH)
+@pytest.mark.parametrize("changes", [BOTH, STATS], ids=["physics", "stats"])
+def test_camera_option_scorers_export_to_onnx(tmp_path: Path, changes: dict[str, str]) -> None:
+    cfg = make_tiny_cfg(**changes)
     torch.manual_seed(0)
     model = build_cmg(cfg).train()
     model(*make_batch(cfg))
