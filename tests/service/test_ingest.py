@@ -398,9 +398,19 @@ def test_a_consumer_killed_mid_batch_loses_and_repeats_no_window(
     def committed() -> int:
         return sum(redis_client.xlen(f"{key_prefix}furnace:{f}:detections") for f in FURNACES)
 
+    def reading() -> bool:  # a batch read and not yet acknowledged
+        return sum(pending(redis_client, k) for k in stream_keys) > 0
+
     first = _start_service(env, free_port(), log)
     try:
-        wait_for("a third of the detections", lambda: committed() >= total // 3, 90, every=0.01)
+        # Kill while a batch is in flight: right after a commit the batch is usually acked
+        # already, so waiting for the count alone could land between two batches.
+        wait_for(
+            "a third of the detections, with a batch in flight",
+            lambda: committed() >= total // 3 and reading(),
+            90,
+            every=0.002,
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:
