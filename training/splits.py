@@ -75,14 +75,28 @@ def split_by_furnace(
     )
 
 
-def _split_fmf(recs: list[Recording], val_fraction: float, **window: Any) -> SplitData:
+def _split_fmf(
+    recs: list[Recording],
+    val_fraction: float,
+    *,
+    window_s: float,
+    baseline_s: float,
+    long_baseline_s: float = 0.0,
+    **window: Any,
+) -> SplitData:
     """FMF-Benchmark: train.json windows; the last `val_fraction` of each recording's training
     windows (a contiguous block, after a guard band of one window + baseline) validate."""
     train_parts, val_parts = [], []
-    history = max(window.get("baseline_s", 120.0), window.get("long_baseline_s", 0.0))
-    guard = window.get("window_s", 16.0) + history
+    guard = window_s + max(baseline_s, long_baseline_s)
     for r in recs:
-        w = make_windows(r, split="train", **window)
+        w = make_windows(
+            r,
+            split="train",
+            window_s=window_s,
+            baseline_s=baseline_s,
+            long_baseline_s=long_baseline_s,
+            **window,
+        )
         if len(w) == 0:
             continue
         cut = np.quantile(w.t_end, 1.0 - val_fraction)
