@@ -51,7 +51,7 @@ runs/default/checkpoint.pt: data/train/dataset.json
 	$(BIN)/furnace train --data data/train --out runs/default --config configs/default.yaml
 
 runs/ablation_%/checkpoint.pt: data/train/dataset.json
-	$(BIN)/furnace train --data data/train --out runs/ablation_$* --config configs/ablation_$*.yaml
+	$(BIN)/furnace train --data data/train --out runs/ablation_$* --config configs/experiments/ablation_$*.yaml
 
 results: runs/default/checkpoint.pt $(foreach a,$(ABLATIONS),runs/ablation_$(a)/checkpoint.pt) data/test/dataset.json
 	$(BIN)/furnace evaluate --run runs/default --data data/test --out out/eval \

@@ -21,9 +21,10 @@ import torch
 
 from model.scorer import ModalityScorer
 from service.engine import Engine
+from training.data import valid_for
+from training.data.splits import load_recordings, windows_of
 from training.export import INPUTS, measure_parity, scorer_inputs
-from training.run import load_run, valid_for
-from training.splits import load_recordings, windows_of
+from training.run import load_run
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:

@@ -14,7 +14,7 @@ import time
 
 from simulator.config import SimConfig
 from simulator.dataset import RunSpec, generate
-from training.fmf_write import write_fmf
+from training.data.fmf_write import write_fmf
 
 
 def _time(fn: object) -> float:

@@ -32,7 +32,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return 2
     if args.out is not None:
         from simulator.dataset import generate
-        from training.fmf_write import write_fmf
+        from training.data.fmf_write import write_fmf
 
         cfg = SimConfig(
             minutes=args.minutes,
@@ -65,7 +65,7 @@ def _simulate(args: argparse.Namespace) -> int:
             f"to {root} in {seconds:.1f} s ({simulated / seconds:.0f}x real time)"
         )
     if args.report is not None:
-        from training.sim_report import write_report
+        from training.evaluation.report_sim import write_report
 
         path = write_report(Path(args.report), seed=args.seed, progress=True)
         print(f"simulator report: {path}")
@@ -73,7 +73,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _dataset_info(args: argparse.Namespace) -> int:
-    from training.fmf_info import dataset_info, format_dataset_info
+    from training.data.fmf_info import dataset_info, format_dataset_info
 
     root = Path(args.dir)
     if not root.exists():
@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate
+    from training.evaluation.evaluate import evaluate
 
     ablations = {}
     for item in args.ablation or []:
@@ -128,6 +128,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"\nmetrics: {Path(args.out) / 'metrics.json'}   report: {Path(args.out) / 'report.html'}"
     )
+    return 0
+
+
+def _scorecard(args: argparse.Namespace) -> int:
+    from furnace.scorecard import format_table, run_scorecard
+
+    if not Path(args.data).exists():
+        print(f"furnace scorecard: {args.data} does not exist", file=sys.stderr)
+        return 2
+    result = run_scorecard(
+        args.bundle, args.data, args.out, modalities=args.modalities, progress=True
+    )
+    print(
+        f"bundle {result['bundle']} ({result['model_version']}), {len(result['furnaces'])} furnaces"
+    )
+    print(format_table(result))
+    out = Path(args.out)
+    print(f"\nscorecard: {out / 'scorecard.json'}   timelines: {out / 'scorecard.html'}")
     return 0
 
 
@@ -321,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="pre-train CMG, train heads, calibrate (a run folder)")
     train.add_argument("--data", required=True, help="training dataset (FMF-Benchmark layout)")
     train.add_argument("--out", required=True, help="run folder, e.g. runs/default")
-    train.add_argument("--config", help="YAML config (keys: cmg, train); default config if none")
+    train.add_argument(
+        "--config", help="YAML config (keys: cmg, train); configs/default.yaml when omitted"
+    )
     train.add_argument("--label-modality", choices=("current", "camera", "both"))
     train.add_argument("--steps", type=int, help="pre-training steps (overrides the config)")
     train.add_argument("--seed", type=int, help="training seed (overrides the config)")
@@ -336,6 +356,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--no-baselines", action="store_true", help="skip the peer baselines")
     ev.set_defaults(func=_evaluate)
+
+    sc = sub.add_parser(
+        "scorecard",
+        help="events alerted, named and missed, and false episodes: a dataset replayed through "
+        "the service's windows, engine and alert policy (no Redis)",
+    )
+    sc.add_argument(
+        "--bundle", default="default", help="bundle folder or a name under models/ (default)"
+    )
+    sc.add_argument("--data", required=True, help="simulated dataset (furnace simulate --out)")
+    sc.add_argument("--out", required=True, help="folder for scorecard.json and scorecard.html")
+    sc.add_argument(
+        "--modalities",
+        choices=("both", "current", "camera"),
+        help="one setting only (default: all three: both, current only, camera only)",
+    )
+    sc.set_defaults(func=_scorecard)
 
     ex = sub.add_parser("export", help="export a run into a verified ONNX model bundle")
     ex.add_argument("--run", required=True, help="run folder written by furnace train")

@@ -112,15 +112,27 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+
 def load_config(path: str | Path | None) -> RunConfig:
-    """Read a YAML config file; None gives the dataclass defaults.
+    """Read a YAML config file; None reads the default recipe `configs/default.yaml`.
+
+    The dataclass defaults (`RunConfig()`) are the CMG paper's settings, kept as the base every
+    file overrides; the recipe a bare `furnace train` trains is the YAML file.
 
     A file may start from another with `base: FILE` (relative to its own folder): the base is
     read first and this file's keys override it, section by section. The ablation configs
     are `base: default.yaml` plus the one thing they change.
     """
     if path is None:
-        return RunConfig()
+        if not DEFAULT_CONFIG.is_file():
+            msg = (
+                f"the default config {DEFAULT_CONFIG} is missing (it ships with the source "
+                "checkout); pass --config FILE"
+            )
+            raise FileNotFoundError(msg)
+        path = DEFAULT_CONFIG
     return config_from_dict(_read_yaml(Path(path), ()))
 
 

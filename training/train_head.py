@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from model.cmg import CMG
 from model.heads import DetectorHead
 from simulator.config import CLASS_NAMES
-from training.data import Windows
-from training.metrics import auroc, macro_f1
+from training.data import MODALITIES, Windows
+from training.evaluation.metrics import auroc, macro_f1
 
 
 class Encoded(NamedTuple):
@@ -54,6 +54,11 @@ def encode_windows(
         empty = torch.zeros(0, cfg.segments, cfg.encoder.dim)
         return Encoded(np.zeros((0, codes_per_window), np.int64), empty)
     return Encoded(np.concatenate(codes), torch.cat(vectors))
+
+
+def encode_all(model: CMG, w: Windows) -> dict[str, Encoded]:
+    """Codes of every window in both modalities (encode once, apply many heads)."""
+    return {m: encode_windows(model, w, m) for m in MODALITIES}
 
 
 @torch.no_grad()

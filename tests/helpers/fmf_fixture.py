@@ -1,6 +1,6 @@
 """Small synthetic episodes and an FMF-Benchmark V2 fixture laid out like the real download.
 
-`write_real_fmf_fixture` does not use `training.fmf`: it writes what h5py and pandas see in the
+`write_real_fmf_fixture` does not use `training.data.fmf`: it writes what h5py and pandas see in the
 published data (FURNACE.md 8.1), so the reader is tested against an independent writer.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator.types import Episode, FaultEvent
-from training.fmf import Recording
+from training.data.fmf import Recording
 
 EPOCH = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 CONDITION = 2  # overheating, the class of the synthetic event

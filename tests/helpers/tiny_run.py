@@ -15,7 +15,7 @@ from simulator.episode import episode_seeds, random_furnace_params, simulate_epi
 from simulator.scenario import ConditionSpec, build_events
 from simulator.types import Episode
 from training.config import RunConfig, TrainConfig
-from training.fmf_write import write_fmf
+from training.data.fmf_write import write_fmf
 
 # Easy data: a hot spot (camera) that also moves the current strongly, so the condition is
 # visible in both modalities and a shared code can carry it across.

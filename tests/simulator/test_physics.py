@@ -20,7 +20,7 @@ from simulator.faults import apply_faults
 from simulator.physics import shaped_noise
 from simulator.stats import compare_with_log
 from simulator.types import Episode, FaultEvent
-from training.sim_report import ACCEPTANCE, current_figures
+from training.evaluation.report_sim import ACCEPTANCE, current_figures
 
 
 def _sha(*arrays: np.ndarray) -> str:

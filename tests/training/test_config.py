@@ -7,19 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from training.config import config_to_dict, load_config
+from training.config import RunConfig, config_to_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path: Path) -> None:
     load_config(path)
 
 
+def test_a_bare_train_uses_the_default_recipe() -> None:
+    # `furnace train` without --config passes None: the YAML default, not the dataclass one.
+    assert load_config(None) == load_config(CONFIGS / "default.yaml")
+    assert load_config(None) != RunConfig()
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == ["default.yaml"]
+
+
 def test_an_ablation_is_the_default_plus_its_one_change() -> None:
     default = load_config(CONFIGS / "default.yaml")
-    ablation = load_config(CONFIGS / "ablation_no_mm_ema.yaml")
+    ablation = load_config(CONFIGS / "experiments" / "ablation_no_mm_ema.yaml")
     assert ablation.cmg.mm_ema is False and default.cmg.mm_ema is True
     assert ablation.train == default.train
     assert dataclasses.replace(ablation.cmg, mm_ema=True) == default.cmg

@@ -12,8 +12,8 @@ from simulator.config import CAMERA_HEALTH, CURRENT_HEALTH
 from simulator.types import FaultEvent
 from tests.helpers.fmf_fixture import CONDITION, as_recording, make_episode, write_real_fmf_fixture
 from training.data import concat_windows, load_windows, make_windows
-from training.fmf import Recording, read_fmf
-from training.fmf_write import write_fmf
+from training.data.fmf import Recording, read_fmf
+from training.data.fmf_write import write_fmf
 
 
 def test_shapes_and_contents() -> None:

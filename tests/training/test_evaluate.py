@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import evaluate
-from training.metrics import CONDITIONS_BY_SETTING
+from training.evaluation.evaluate import evaluate
+from training.evaluation.metrics import CONDITIONS_BY_SETTING
 
 CMG_ROWS = (
     "fused",

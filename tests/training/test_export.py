@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 
 from model.scorer import ModalityScorer
+from training.data.splits import load_recordings, windows_of
 from training.export import INPUTS, OUTPUTS, measure_parity, scorer_inputs, torch_outputs
 from training.run import load_run
-from training.splits import load_recordings, windows_of
 
 
 @pytest.fixture(scope="module")

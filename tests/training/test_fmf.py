@@ -13,9 +13,9 @@ import pytest
 from simulator.config import CAMERA_HEALTH, CURRENT_HEALTH
 from simulator.types import Episode, FaultEvent
 from tests.helpers.fmf_fixture import make_episode, write_real_fmf_fixture
-from training.fmf import read_fmf
-from training.fmf_info import dataset_info, format_dataset_info
-from training.fmf_write import write_fmf
+from training.data.fmf import read_fmf
+from training.data.fmf_info import dataset_info, format_dataset_info
+from training.data.fmf_write import write_fmf
 
 FAULTS = (
     FaultEvent("missing", "current", 30.0, 40.0),

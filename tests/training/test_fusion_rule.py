@@ -1,11 +1,11 @@
-"""The max-ratio fusion rule (training.run.fuse_max) on hand-computed cases."""
+"""The max-ratio fusion rule (training.decision.fuse_max) on hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.run import fuse, fuse_max
+from training.decision import fuse, fuse_max
 
 
 def _probs(p_normal: list[float]) -> np.ndarray:

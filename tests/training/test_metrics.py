@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.config import RunConfig, config_from_dict, config_to_dict, load_config
-from training.metrics import (
+from training.evaluation.metrics import (
     auroc,
     conditions_with_evidence,
     decide,
@@ -88,7 +88,7 @@ def test_config_round_trip_and_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_per_class_auroc_ranks_each_condition_against_normal_only() -> None:
-    from training.metrics import per_class_auroc
+    from training.evaluation.metrics import per_class_auroc
 
     y = np.array([0, 0, 1, 1, 2])
     probs = np.array(
@@ -120,7 +120,7 @@ def test_decide_answers_like_the_service() -> None:
 
 
 def test_target_rows_say_met_or_missed() -> None:
-    from training.eval_report import target_rows
+    from training.evaluation.report_eval import target_rows
 
     def row(f1: float, conditions: list[str], **extra: float) -> dict[str, object]:
         return {"macro_f1": f1, "macro_f1_all": f1, "conditions": conditions, **extra}

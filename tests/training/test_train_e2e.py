@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from tests.helpers.tiny_run import tiny_config
-from training.run import load_run, train_run, window_probs
-from training.splits import load_recordings, windows_of
+from training.data.splits import load_recordings, windows_of
+from training.decision import window_probs
+from training.run import load_run, train_run
 
 
 def test_tiny_run_trains_end_to_end(tiny_run: Path, easy_data: dict[str, Path]) -> None:
@@ -30,7 +31,7 @@ def test_tiny_run_trains_end_to_end(tiny_run: Path, easy_data: dict[str, Path]) 
     assert set(log["thresholds"]) == {"current", "camera", "both"}
     for thresholds in log["thresholds"].values():
         assert set(thresholds) == {"current", "camera", "fused", "fused_average"}
-        # fused is on the threshold-ratio scale (training.run.fuse_max), the rest on 1 - p
+        # fused is on the threshold-ratio scale (training.decision.fuse_max), the rest on 1 - p
         assert all(0.0 <= thresholds[k] <= 1.0 for k in ("current", "camera", "fused_average"))
         assert thresholds["fused"] >= 0.0
     _, model, heads, _ = load_run(tiny_run)

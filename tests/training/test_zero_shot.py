@@ -22,9 +22,10 @@ import pytest
 
 from simulator.config import CLASS_NAMES
 from tests.helpers.tiny_run import TRANSFER_CONDITIONS, write_transfer_data, zero_shot_config
-from training.evaluate import evaluate
-from training.run import encode_all, load_run, train_run
-from training.splits import load_recordings, windows_of
+from training.data.splits import load_recordings, windows_of
+from training.evaluation.evaluate import evaluate
+from training.run import load_run, train_run
+from training.train_head import encode_all
 
 ZERO_SHOT = "zero_shot_current_to_camera"
 SOURCE_AUROC = 0.8  # the current head's eruption AUROC: there is something to transfer

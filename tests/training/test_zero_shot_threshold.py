@@ -1,4 +1,4 @@
-"""Label-free zero-shot thresholds by quantile matching (`training.run.zero_shot_thresholds`,
+"""Label-free zero-shot thresholds by quantile matching (`training.decision.zero_shot_thresholds`,
 docs/method.md deviation 14), on constructed scores and on an untrained model: no training."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from model.heads import DetectorHead
 from tests.helpers.fmf_fixture import as_recording, make_episode
 from tests.helpers.tiny_run import tiny_config
 from training.data import make_windows
-from training.metrics import threshold_for_false_alarm_rate
-from training.run import encode_all, quantile_matched_threshold, window_probs, zero_shot_thresholds
+from training.decision import quantile_matched_threshold, window_probs, zero_shot_thresholds
+from training.evaluation.metrics import threshold_for_false_alarm_rate
+from training.train_head import encode_all
 
 
 def test_matching_alarms_on_the_same_windows_whatever_the_target_scale() -> None:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from model.features import camera_features, current_features
 from simulator.config import CLASS_NAMES
 from training.data import Windows
-from training.metrics import macro_f1, score_setting, threshold_for_false_alarm_rate
+from training.evaluation.metrics import macro_f1, score_setting, threshold_for_false_alarm_rate
 from training.train_head import class_weights
 
 

@@ -6,7 +6,7 @@ amperes with its per-phase baseline, or uint8 64x64 RGB frames), normalisation i
 graph, out come the code per segment, the code vectors, per-condition probabilities, the
 anomaly score and per-segment scores. The bundle also holds `golden.npz` (inputs and the torch
 outputs for a few held-out windows, so the service can check a new session before it swaps)
-and `manifest.json` (training/bundle.py).
+and `manifest.json` (training/export/bundle.py).
 
 We export with the `torch.export`-based exporter (`dynamo=True`, `dynamic_shapes` with a
 batch Dim, example batch >= 2), as SERVING.md 3.3 recommends; docs/export.md has the measured
@@ -31,10 +31,10 @@ from numpy.typing import NDArray
 from torch.export import Dim
 
 from model.scorer import ModalityScorer
-from training.bundle import BUNDLE_FORMAT, FORMAT_VERSION, write_manifest
-from training.data import Windows
-from training.run import MODALITIES, load_run, split_for, subsample, valid_for
-from training.splits import load_recordings
+from training.data import MODALITIES, Windows, valid_for
+from training.data.splits import load_recordings
+from training.export.bundle import BUNDLE_FORMAT, FORMAT_VERSION, write_manifest
+from training.run import load_run, split_for, subsample
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from training.fmf import Recording, read_fmf
+from training.data.fmf import Recording, read_fmf
 
 _EPS = 1e-6  # seconds; timestamps of one grid compare equal within it
+MODALITIES = ("current", "camera")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class Windows:
             if f.name not in ("frame_bank", "binary")
         }
         return replace(self, **per_window)
+
+
+def valid_for(w: Windows, modality: str) -> NDArray[np.bool_]:
+    return w.valid_cur if modality == "current" else w.valid_cam
 
 
 def make_windows(

@@ -4,9 +4,9 @@ Settings (metrics.json names): fused, current_only, camera_only, zero_shot_curre
 zero_shot_camera_to_current; `ablation_<what>_<setting>` for ablation runs given alongside;
 `baseline_<what>_<setting>` for the peer baselines, trained here on the run's training data.
 Zero-shot rows apply a label-free target threshold, matched to the source threshold's alarm share
-on paired validation windows (`training.run.zero_shot_thresholds`, docs/method.md deviation 14);
-`ablation_source_threshold_zero_shot_<src>_to_<dst>` keep the source modality's threshold
-unchanged (CMG.md 7.6).
+on paired validation windows (`training.decision.zero_shot_thresholds`, docs/method.md
+deviation 14); `ablation_source_threshold_zero_shot_<src>_to_<dst>` keep the source modality's
+threshold unchanged (CMG.md 7.6).
 """
 
 from __future__ import annotations
@@ -18,21 +18,13 @@ from typing import Any
 
 from simulator.config import EVIDENCE
 from training.config import RunConfig
-from training.data import Windows
-from training.fmf import Recording
-from training.metrics import score_setting
-from training.run import (
-    MODALITIES,
-    encode_all,
-    fuse,
-    fused_decision,
-    load_run,
-    split_for,
-    window_probs,
-    zero_shot_thresholds,
-)
-from training.splits import SplitData, load_recordings, windows_of
-from training.train_head import Encoded
+from training.data import MODALITIES, Windows
+from training.data.fmf import Recording
+from training.data.splits import SplitData, load_recordings, windows_of
+from training.decision import fuse, fused_decision, window_probs, zero_shot_thresholds
+from training.evaluation.metrics import score_setting
+from training.run import load_run, split_for
+from training.train_head import Encoded, encode_all
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +38,7 @@ def cmg_settings(
 ) -> dict[str, Any]:
     """The five CMG settings of one loaded run (`load_run`) on test windows and their codes.
 
-    `zero_shot` (`training.run.zero_shot_thresholds`) gives the zero-shot rows their target
+    `zero_shot` (`training.decision.zero_shot_thresholds`) gives the zero-shot rows their target
     thresholds and adds `ablation_source_threshold_<row>` with the source threshold unchanged;
     None keeps the source threshold in the zero-shot rows.
     """
@@ -139,8 +131,8 @@ def baseline_settings(
     data: SplitData, test: Windows, events: dict[str, Any], seed: int, target_far: float
 ) -> dict[str, Any]:
     """Peer baselines trained on the run's training windows, calibrated on its validation."""
-    from training.baselines import fit_gbm, fit_iforest
-    from training.metrics import threshold_for_false_alarm_rate
+    from training.evaluation.baselines import fit_gbm, fit_iforest
+    from training.evaluation.metrics import threshold_for_false_alarm_rate
 
     rows: dict[str, Any] = {}
     tr, va = data.train.select(data.train.valid_cur), data.val.select(data.val.valid_cur)
@@ -212,7 +204,7 @@ def evaluate(
             msg = f"training data {log['data']['path']} not found: the baselines train on them"
             raise FileNotFoundError(msg)
         settings |= baseline_settings(data, test, events, tc.seed, tc.target_far)
-        from training.fusion import fusion_settings
+        from training.evaluation.two_stream_peer import fusion_settings
 
         settings |= fusion_settings(
             data, test, events, seed=tc.seed, target_far=tc.target_far, progress=progress
@@ -227,7 +219,7 @@ def evaluate(
         "ablation_runs": ablation_runs,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    from training.eval_report import write_eval_report
+    from training.evaluation.report_eval import write_eval_report
 
     write_eval_report(out, metrics, run=run, run_dir=run_dir, test=test, encoded=enc)
     return metrics

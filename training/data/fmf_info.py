@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.config import CLASS_NAMES
-from training.fmf import _any_pixel, _load_json, _read_csv, _rows, resolve_root
+from training.data.fmf import _any_pixel, _load_json, _read_csv, _rows, resolve_root
 
 
 def dataset_info(root: str | Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from simulator.config import CLASS_NAMES, SIM_VERSION
 from simulator.types import Episode
-from training.fmf import _EPISODE_ARRAYS, _SUMMARY_KEYS, LAYOUT, TIME_FORMAT  # noqa: F401
+from training.data.fmf import _EPISODE_ARRAYS, _SUMMARY_KEYS, LAYOUT, TIME_FORMAT  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

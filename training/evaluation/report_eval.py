@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from simulator.config import CLASS_NAMES  # noqa: E402
-from training.data import Windows  # noqa: E402
-from training.run import MODALITIES, fused_decision, window_probs  # noqa: E402
+from training.data import MODALITIES, Windows  # noqa: E402
+from training.decision import fused_decision, window_probs  # noqa: E402
 from training.train_head import Encoded  # noqa: E402
 
 MAIN = (

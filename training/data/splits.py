@@ -11,8 +11,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator.config import CAMERA_HEALTH, CURRENT_HEALTH
-from training.data import Windows, concat_windows, make_windows
-from training.fmf import Recording, read_fmf
+from training.data.fmf import Recording, read_fmf
+from training.data.windows import Windows, concat_windows, make_windows
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,186 @@
+"""Decision and calibration rules of a run: a head's probabilities on both modalities'
+windows (`window_probs`), the fusion rules (`fuse`, `fuse_max`, `fused_decision`), thresholds
+at a target false-alarm rate on validation normals (`calibrate`) and the label-free zero-shot
+thresholds (`quantile_matched_threshold`, `zero_shot_thresholds`).
+
+`training.run` calibrates a run with them; `training.evaluation` scores runs with them. The
+service applies the same fused rule to a bundle's thresholds (service/engine.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model.cmg import CMG
+from model.heads import DetectorHead
+from training.data import MODALITIES, Windows, valid_for
+from training.data.splits import paired_mask
+from training.evaluation.metrics import threshold_for_false_alarm_rate
+from training.train_head import Encoded, encode_all, predict
+
+
+def window_probs(
+    model: CMG, head: DetectorHead, w: Windows, encoded: dict[str, Encoded] | None = None
+) -> dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Encoded]]:
+    """Per modality: probabilities for every window, validity, and the codes."""
+    enc = encoded if encoded is not None else encode_all(model, w)
+    return {m: (predict(head, enc[m].q), valid_for(w, m), enc[m]) for m in MODALITIES}
+
+
+def fuse(
+    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
+) -> NDArray[np.float64]:
+    """Average the modalities' probabilities where each is valid (one valid: that one).
+
+    The fusion rule of format-1 bundles, kept as `ablation_average_fusion_fused`.
+    """
+    (pc, vc, _), (pv, vv, _) = probs["current"], probs["camera"]
+    wc, wv = vc.astype(float)[:, None], vv.astype(float)[:, None]
+    total = np.maximum(wc + wv, 1.0)
+    return (pc * wc + pv * wv) / total
+
+
+RATIO_FLOOR = 1e-6  # a modality threshold below this is floored before dividing by it
+
+
+def fuse_max(
+    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
+    thresholds: dict[str, float],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Either modality can raise the alarm: score = the larger threshold ratio [ours].
+
+    Detection: each valid modality's score (1 - p(normal)) is divided by its own calibrated
+    threshold and the window's score is the larger ratio, so a condition seen by one sensor
+    only (breakage on current, a hot spot on camera) is not diluted by the other sensor's
+    "normal", which averaging does (docs/method.md). Classification: the averaged
+    probabilities (`fuse`), which name the condition better than either view alone.
+
+    Args:
+        probs: `window_probs` output: per modality (probs (W, C), valid (W,), codes).
+        thresholds: `current` and `camera` thresholds on 1 - p(normal).
+
+    Returns:
+        (averaged probs (W, C), score (W,)); score is 0 where neither modality is valid.
+    """
+    ratios = []
+    for m in MODALITIES:
+        p, valid, _ = probs[m]
+        r = (1.0 - p[:, 0]) / max(thresholds[m], RATIO_FLOOR)
+        ratios.append(np.where(valid, r, -np.inf))
+    score = np.max(np.stack(ratios), axis=0)  # (W,)
+    return fuse(probs), np.where(np.isfinite(score), score, 0.0)
+
+
+def fused_decision(
+    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
+    thresholds: dict[str, float],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """A run's fused decision: (probs (W, C), score (W,)) against `thresholds["fused"]`.
+
+    `fuse_max` where the thresholds were calibrated for it (they carry `fused_average`, runs
+    trained since the max rule); older runs' `fused` threshold belongs to the average.
+    """
+    if "fused_average" in thresholds:
+        return fuse_max(probs, thresholds)
+    averaged = fuse(probs)
+    return averaged, 1.0 - averaged[:, 0]
+
+
+def calibrate(
+    model: CMG,
+    head: DetectorHead,
+    val: Windows,
+    target_far: float,
+    encoded: dict[str, Encoded] | None = None,
+) -> dict[str, float]:
+    """Thresholds at `target_far` on normal validation windows (nuisances included).
+
+    `current` and `camera` are on score = 1 - p(normal); `fused` is on the larger threshold
+    ratio (`fuse_max`) of windows with both modalities; `fused_average` on 1 - p(normal) of
+    the averaged probabilities (`fuse`, the ablation).
+    """
+    probs = window_probs(model, head, val, encoded)
+    normal = val.label == 0
+    out = {}
+    for m in MODALITIES:
+        p, valid, _ = probs[m]
+        out[m] = threshold_for_false_alarm_rate(1.0 - p[normal & valid, 0], target_far)
+    both = normal & val.valid_cur & val.valid_cam
+    _, ratio = fuse_max(probs, out)
+    out["fused"] = threshold_for_false_alarm_rate(ratio[both], target_far)
+    averaged = fuse(probs)
+    out["fused_average"] = threshold_for_false_alarm_rate(1.0 - averaged[both, 0], target_far)
+    return out
+
+
+def quantile_matched_threshold(
+    source_scores: NDArray[np.float64], target_scores: NDArray[np.float64], source_threshold: float
+) -> tuple[float, float]:
+    """A target-modality threshold that alarms as often as the source threshold does [ours].
+
+    Label-free calibration of a zero-shot decision by quantile matching: q is the share of
+    source scores above `source_threshold`, and the target threshold is the (1 - q) quantile of
+    the target scores. On paired windows (the same furnace-time seen by both sensors) the
+    abnormal share is the same in both modalities, so no target label is needed. The "lower"
+    quantile makes exactly as many target scores exceed the threshold as source scores do
+    (ties aside) when both arrays have the same length; q = 0 gives the largest target score,
+    so nothing alarms.
+
+    Args:
+        source_scores: (N,) source-modality scores of one head, 1 - p(normal).
+        target_scores: (M,) the same head's scores on the target modality's windows.
+        source_threshold: the source modality's calibrated threshold.
+
+    Returns:
+        (target threshold, q).
+
+    Raises:
+        ValueError: when either array is empty.
+    """
+    if source_scores.size == 0 or target_scores.size == 0:
+        msg = "quantile matching needs source and target scores (no paired windows?)"
+        raise ValueError(msg)
+    q = float(np.mean(source_scores > source_threshold))
+    return float(np.quantile(target_scores, 1.0 - q, method="lower")), q
+
+
+def zero_shot_thresholds(
+    model: CMG,
+    heads: dict[str, DetectorHead],
+    val: Windows,
+    thresholds: dict[str, dict[str, float]],
+) -> dict[str, dict[str, float]]:
+    """Label-free target thresholds of both zero-shot directions (`quantile_matched_threshold`).
+
+    Uses every paired validation window (both modalities valid, no clock skew; no label is
+    read): the source head's scores on the source modality against its own threshold
+    (`thresholds[src][src]`, as `calibrate` set it) fix the alarm share, and the same head's
+    scores on the target modality of the same windows fix the threshold.
+
+    Args:
+        model: the frozen CMG.
+        heads: `current` and `camera` heads.
+        val: validation windows of the training furnaces.
+        thresholds: a run's thresholds per head (`train_log.json` "thresholds").
+
+    Returns:
+        {"current_to_camera": {...}, "camera_to_current": {...}}, each with `threshold` (on
+        the target's 1 - p(normal)), `source_threshold`, `alarm_share` (q) and `windows`.
+    """
+    pairs = val.select(paired_mask(val))
+    enc = encode_all(model, pairs)
+    out = {}
+    for src, dst in (("current", "camera"), ("camera", "current")):
+        probs = window_probs(model, heads[src], pairs, enc)
+        source, target = 1.0 - probs[src][0][:, 0], 1.0 - probs[dst][0][:, 0]
+        threshold, q = quantile_matched_threshold(source, target, thresholds[src][src])
+        out[f"{src}_to_{dst}"] = {
+            "threshold": threshold,
+            "source_threshold": thresholds[src][src],
+            "alarm_share": q,
+            "windows": float(len(pairs)),
+        }
+    return out
