@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-all lint format demo clean results model
+.PHONY: install test test-fast test-all lint format demo clean results model
 
 install: $(BIN)/furnace
 
@@ -18,6 +18,10 @@ $(BIN)/furnace: pyproject.toml
 
 test: install
 	$(BIN)/pytest -q
+
+# The inner loop (under 2 minutes on 2 cores): no training, export, demo or big simulations.
+test-fast: install
+	$(BIN)/pytest -q -m 'not slow and not gpu and not heavy'
 
 test-all: install
 	$(BIN)/pytest -q -m ''

@@ -15,13 +15,13 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
+from service.detection import Detection
 from service.entries import as_text
 
 CONDITION_UNKNOWN: Final = "unknown"  # an episode whose abnormal windows all predicted "normal"
 EVENT_KINDS: Final = ("opened", "updated", "closed")
-DECIDING: Final = ("both", "current", "camera")  # modalities a decision can come from
 _STATE_VERSION: Final = "1"
 
 
@@ -39,39 +39,6 @@ class AlertPolicy:
         if not 1 <= self.k <= self.n or self.m < 1:
             msg = f"need 1 <= k <= n and m >= 1, got {self}"
             raise ValueError(msg)
-
-
-class DetectionLike(Protocol):
-    """Anything with a detection's fields (`DetectionView`, or the engine's `Detection`)."""
-
-    @property
-    def furnace_id(self) -> str: ...
-    @property
-    def window_end(self) -> float: ...
-    @property
-    def score(self) -> float | None: ...
-    @property
-    def is_abnormal(self) -> bool: ...
-    @property
-    def condition(self) -> str: ...
-    @property
-    def modalities(self) -> str | tuple[str, ...]: ...
-
-
-@dataclass(frozen=True)
-class DetectionView:
-    """What alerting needs from one scored window.
-
-    `score` None, or no deciding modality ("none" or an empty tuple), means no modality was
-    usable: the window decides nothing, counting neither as abnormal nor as clean.
-    """
-
-    furnace_id: str
-    window_end: float  # sensor time, Unix seconds
-    score: float | None  # anomaly score, higher is more anomalous
-    is_abnormal: bool  # score above the calibrated threshold
-    condition: str = "normal"  # predicted condition (a class name)
-    modalities: str | tuple[str, ...] = "both"  # "both"/"current"/"camera"/"none" or names
 
 
 @dataclass(frozen=True)
@@ -241,13 +208,14 @@ class AlertState:
 
 
 def next_state(
-    state: AlertState, detection: DetectionLike, policy: AlertPolicy | None = None
+    state: AlertState, detection: Detection, policy: AlertPolicy | None = None
 ) -> tuple[AlertState, list[AlertEvent]]:
     """Apply one detection to a furnace's alert state.
 
     Args:
         state: the furnace's current state.
-        detection: the newly scored window (`DetectionView` or any `DetectionLike`).
+        detection: the newly scored window; one without deciding modalities (`modalities`
+            empty) decides nothing, counting neither as abnormal nor as clean.
         policy: hysteresis parameters (defaults: open 3 of 4, close after 3 clean).
 
     Returns:
@@ -255,25 +223,25 @@ def next_state(
         state unchanged and no events (idempotent replays).
 
     Raises:
-        ValueError: for another furnace's detection, a non-finite window end or score, or
-            unknown `modalities`.
+        ValueError: for another furnace's detection, a non-finite window end, a non-finite
+            score of a decided window, or unknown `modalities`.
     """
     policy = policy or AlertPolicy()
     end, score = detection.window_end, detection.score
     if detection.furnace_id != state.furnace_id:
         msg = f"detection of {detection.furnace_id!r} applied to {state.furnace_id!r}"
         raise ValueError(msg)
-    if not math.isfinite(end) or (score is not None and not math.isfinite(score)):
+    used = _deciding(detection.modalities)
+    if not math.isfinite(end) or (used != "none" and not math.isfinite(score)):
         msg = f"window_end and score must be finite, got {end!r} and {score!r}"
         raise ValueError(msg)
-    used = _deciding(detection.modalities)
     last = state.last_window_end
     if last is not None and end <= last:
         return state, []
     recent = state.recent
     if policy.max_gap_seconds is not None and last is not None:
         recent = () if end - last > policy.max_gap_seconds else recent
-    if score is None or used == "none":  # nothing usable: neither abnormal nor clean
+    if used == "none":  # nothing usable: neither abnormal nor clean
         return replace(state, last_window_end=end, recent=recent), []
 
     abnormal = detection.is_abnormal
@@ -342,18 +310,12 @@ def _leader(votes: tuple[tuple[str, int], ...], current: str | None) -> str:
     return next(c for c, n in votes if n == top)
 
 
-def _deciding(modalities: str | tuple[str, ...]) -> str:
-    """Canonical "both", "current", "camera" or "none" from a label or a tuple of names."""
-    if isinstance(modalities, str):
-        if modalities in (*DECIDING, "none"):
-            return modalities
-        names: tuple[str, ...] = (modalities,)
-    else:
-        names = tuple(modalities)
-    if not set(names) <= {"current", "camera"}:
-        msg = f"modalities must be {DECIDING}, 'none' or modality names, got {modalities!r}"
+def _deciding(modalities: tuple[str, ...]) -> str:
+    """Canonical "both", "current", "camera" or "none" from the deciding modality names."""
+    if not set(modalities) <= {"current", "camera"}:
+        msg = f"modalities must be 'current' and/or 'camera', got {modalities!r}"
         raise ValueError(msg)
-    return _union(names) if names else "none"
+    return _union(modalities) if modalities else "none"
 
 
 def _union(modalities: Iterable[str]) -> str:

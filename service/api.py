@@ -1,5 +1,7 @@
 """HTTP routes (ARCHITECTURE.md "Interfaces"): windows in, detections and state out, model
-admin, health and metrics. Inference runs in the executor, never on the event loop."""
+admin, health and metrics. Inference runs in the executor, never on the event loop. Routes get
+the runtime, engine and Redis client through the dependencies of service/deps.py (503 while
+one is not ready); every JSON route declares its response model (service/schemas.py)."""
 
 from __future__ import annotations
 
@@ -9,26 +11,34 @@ import logging
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
-from fastapi.responses import JSONResponse
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
 from redis.exceptions import RedisError
 
 from service.auth import require_key
+from service.deps import EngineDep, RedisDep, RuntimeDep
 from service.engine import Engine
 from service.images import ImageError
-from service.main import ReloadRefusedError, Runtime
 from service.requests import RequestError, window_from_request
-from service.schemas import DetectionOut, FurnaceState, ReloadIn, WindowIn
-from service.store import Keys, commit_detection, detection_dict, load_state, parse_state
+from service.runtime import NotReadyError, ReloadRefusedError, Runtime
+from service.schemas import (
+    DetectionOut,
+    FurnacesOut,
+    FurnaceState,
+    HealthOut,
+    ModelOut,
+    ReadyChecks,
+    ReadyOut,
+    ReloadIn,
+    ReloadOut,
+    WindowIn,
+)
+from service.store import Keys, commit_detection, load_state, parse_state
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 FurnaceId = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="furnace id")
-
-
-def _rt(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+WINDOWS_ROUTE = "/v1/furnaces/{furnace_id}/windows"
 
 
 def _episode(furnace_id: str, stored: dict[str, str]) -> dict[str, Any] | None:
@@ -41,30 +51,32 @@ def _episode(furnace_id: str, stored: dict[str, str]) -> dict[str, Any] | None:
 
 
 @router.post(
-    "/v1/furnaces/{furnace_id}/windows",
+    WINDOWS_ROUTE,
     response_model=DetectionOut,
     dependencies=[Depends(require_key("write"))],
     summary="Score one window of current and/or camera frames",
 )
 async def post_window(
-    request: Request, body: WindowIn, furnace_id: str = FurnaceId
+    rt: RuntimeDep,
+    engine: EngineDep,
+    client: RedisDep,
+    body: WindowIn,
+    furnace_id: str = FurnaceId,
 ) -> dict[str, Any]:
-    rt = _rt(request)
     settings = rt.settings
-    engine = rt.current_engine()
     if rt.http_pending >= settings.http_queue:
         rt.metrics.window_rejected(source="http", reason="busy")
         msg = f"{rt.http_pending} windows are waiting for inference; retry shortly"
         raise HTTPException(503, msg, headers={"Retry-After": "1"})
     rt.http_pending += 1
     try:
-        return await _score_window(rt, body, furnace_id, engine)
+        return await _score_window(rt, engine, client, body, furnace_id)
     finally:
         rt.http_pending -= 1
 
 
 async def _score_window(
-    rt: Runtime, body: WindowIn, furnace_id: str, engine: Engine
+    rt: Runtime, engine: Engine, client: aioredis.Redis, body: WindowIn, furnace_id: str
 ) -> dict[str, Any]:
     settings = rt.settings
     try:
@@ -80,12 +92,11 @@ async def _score_window(
         raise HTTPException(422, str(exc)) from exc
     detections = await rt.score([window])
     det = detections[0]
-    out = detection_dict(det)
+    out = det.to_dict()
     out.update(notes)
-    assert rt.client is not None
     try:
         result = await commit_detection(
-            rt.client,
+            client,
             Keys(settings.key_prefix),
             det,
             rt.policy,
@@ -104,11 +115,11 @@ async def _score_window(
 
 
 @router.get("/v1/furnaces/{furnace_id}/state", response_model=FurnaceState)
-async def furnace_state(request: Request, furnace_id: str = FurnaceId) -> dict[str, Any]:
+async def furnace_state(
+    rt: RuntimeDep, client: RedisDep, furnace_id: str = FurnaceId
+) -> dict[str, Any]:
     """The latest detection, the open alert episode (if any) and per-modality health."""
-    rt = _rt(request)
-    assert rt.client is not None
-    stored = await load_state(rt.client, Keys(rt.settings.key_prefix), furnace_id)
+    stored = await load_state(client, Keys(rt.settings.key_prefix), furnace_id)
     if "detection" not in stored:
         raise HTTPException(404, f"no detections for furnace {furnace_id!r} yet")
     det = json.loads(stored["detection"])
@@ -121,20 +132,17 @@ async def furnace_state(request: Request, furnace_id: str = FurnaceId) -> dict[s
     }
 
 
-@router.get("/v1/furnaces")
-async def furnaces(request: Request) -> dict[str, Any]:
+@router.get("/v1/furnaces", response_model=FurnacesOut)
+async def furnaces(rt: RuntimeDep, client: RedisDep) -> dict[str, Any]:
     """Every furnace with detections, and the ones this replica reads streams of."""
-    rt = _rt(request)
-    assert rt.client is not None
     keys = Keys(rt.settings.key_prefix)
     known = sorted(
-        m.decode() if isinstance(m, bytes) else str(m)
-        for m in await rt.client.smembers(keys.furnaces)
+        m.decode() if isinstance(m, bytes) else str(m) for m in await client.smembers(keys.furnaces)
     )
     reading = sorted(rt.consumer.status.furnaces) if rt.consumer else []
     out = []
     for furnace_id in sorted(set(known) | set(reading)):
-        stored = await load_state(rt.client, keys, furnace_id)
+        stored = await load_state(client, keys, furnace_id)
         det = json.loads(stored["detection"]) if "detection" in stored else None
         out.append(
             {
@@ -150,11 +158,9 @@ async def furnaces(request: Request) -> dict[str, Any]:
     return {"furnaces": out}
 
 
-@router.get("/v1/model")
-async def model_info(request: Request) -> dict[str, Any]:
+@router.get("/v1/model", response_model=ModelOut)
+async def model_info(rt: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
     """A summary of the served bundle's manifest."""
-    rt = _rt(request)
-    engine = rt.current_engine()
     m = engine.manifest
     raw = m.raw
     return {
@@ -177,11 +183,11 @@ async def model_info(request: Request) -> dict[str, Any]:
 
 @router.post(
     "/v1/admin/reload",
+    response_model=ReloadOut,
     dependencies=[Depends(require_key("admin"))],
     summary="Load a bundle from the models directory: verify, warm, then swap",
 )
-async def reload_model(request: Request, body: ReloadIn) -> dict[str, Any]:
-    rt = _rt(request)
+async def reload_model(rt: RuntimeDep, body: ReloadIn) -> dict[str, Any]:
     if rt.reload_lock.locked():
         raise HTTPException(status.HTTP_409_CONFLICT, "a reload is already running")
     async with rt.reload_lock:
@@ -191,11 +197,10 @@ async def reload_model(request: Request, body: ReloadIn) -> dict[str, Any]:
         except ReloadRefusedError as exc:
             raise HTTPException(422, str(exc)) from exc
         if body.fleet:
-            assert rt.client is not None
             try:  # the other replicas follow on their next poll of model:desired
-                await rt.client.set(Keys(rt.settings.key_prefix).model_desired, body.bundle)
+                await rt.redis().set(Keys(rt.settings.key_prefix).model_desired, body.bundle)
                 rt.desired_seen = body.bundle
-            except RedisError as exc:
+            except (RedisError, NotReadyError) as exc:
                 msg = f"reloaded here, but model:desired could not be set: {exc!r}"
                 raise HTTPException(503, msg, headers={"Retry-After": "5"}) from exc
         return {
@@ -206,43 +211,47 @@ async def reload_model(request: Request, body: ReloadIn) -> dict[str, Any]:
         }
 
 
-@router.get("/healthz", include_in_schema=False)
+@router.get("/healthz", response_model=HealthOut, include_in_schema=False)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    response_model_exclude_none=True,
+    responses={503: {"model": ReadyOut, "description": "not ready: `failing` says why"}},
+)
+async def readyz(rt: RuntimeDep, response: Response) -> ReadyOut:
     """Ready: bundle loaded, Redis answers, shard lease held, consumer loop alive and recent,
     not draining (SERVING.md 5.3). 503 lists the failing checks."""
-    rt = _rt(request)
-    checks: dict[str, Any] = {"model": rt.engine is not None, "draining": rt.draining}
+    checks = ReadyChecks(model=rt.engine is not None, draining=rt.draining, redis=False)
     try:
-        assert rt.client is not None
-        checks["redis"] = bool(await asyncio.wait_for(rt.client.ping(), 2.0))
+        checks.redis = bool(await asyncio.wait_for(rt.redis().ping(), 2.0))
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        checks["redis"] = False
-        checks["redis_error"] = str(exc)[:200] or type(exc).__name__
-    ok = checks["model"] and checks["redis"] and not rt.draining
+        checks.redis = False
+        checks.redis_error = str(exc)[:200] or type(exc).__name__
+    ok = checks.model and checks.redis and not rt.draining
     if rt.consumer is not None:
         st = rt.consumer.status
         fresh = time.monotonic() - st.last_loop < 3 * rt.settings.block_ms / 1000.0 + 5.0
         alive = st.running and rt.consumer_task is not None and not rt.consumer_task.done()
-        checks.update(lease=st.lease_held, consumer=alive and fresh, streams=st.streams)
+        checks.lease, checks.consumer, checks.streams = st.lease_held, alive and fresh, st.streams
         if st.error:
-            checks["consumer_error"] = st.error
+            checks.consumer_error = st.error
         ok = ok and st.lease_held and alive and fresh
     if rt.load_error:
-        checks["error"] = rt.load_error
+        checks.error = rt.load_error
         ok = False
-    failing = sorted(k for k in ("model", "redis", "lease", "consumer") if checks.get(k) is False)
+    names = ("model", "redis", "lease", "consumer")
+    failing = sorted(k for k in names if getattr(checks, k) is False)
     if rt.draining:
         failing.append("draining")
-    body = {"ready": bool(ok), "failing": failing, "checks": checks}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    response.status_code = 200 if ok else 503
+    return ReadyOut(ready=bool(ok), failing=failing, checks=checks)
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    body, content_type = _rt(request).metrics.render()
+async def metrics(rt: RuntimeDep) -> Response:
+    body, content_type = rt.metrics.render()
     return Response(body, media_type=content_type)

@@ -5,7 +5,7 @@ A bundle is a folder with `manifest.json`, one ONNX graph per modality and `gold
 manifest, checks that every listed file is a plain name inside the folder, that none is
 missing, that no unlisted `.onnx` lies beside them, and that every sha256 matches. Any failure
 raises `BundleError` naming the file and the reason; nothing here touches ONNX Runtime.
-`training/bundle.py` writes this format.
+`training/export/bundle.py` writes this format.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.bundle import OUTPUT_NAMES, RATIO_FLOOR, BundleError, Manifest, verify_bundle
+from service.detection import Detection, ModalityResult
 from service.types import MODALITIES, Window
 
 logger = logging.getLogger(__name__)
@@ -38,43 +38,6 @@ logger = logging.getLogger(__name__)
 Observer = Callable[[str, float, int], None]
 GOLDEN_PROB_TOL = 1e-3
 GOLDEN_CODE_AGREEMENT = 0.95  # near-ties may flip across CPUs (SERVING.md 3.3)
-
-
-@dataclass(frozen=True)
-class ModalityResult:
-    """One modality's view of a window."""
-
-    codes: list[int]
-    probs: list[float]
-    score: float
-    segment_scores: list[float]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """The decision for one window (HTTP response and detections stream share it)."""
-
-    furnace_id: str
-    window_end: float
-    condition: str
-    probabilities: dict[str, float]
-    score: float
-    threshold: float
-    is_abnormal: bool
-    modalities: tuple[str, ...]  # the modalities that decided; () when none was usable
-    health: dict[str, str]
-    per_modality: dict[str, ModalityResult] = field(default_factory=dict)
-    code_agreement: float | None = None
-    lead: str = ""  # the modality whose view decided (max_ratio) or "" (averaged / none)
-    model_version: str = ""
-    class_names: tuple[str, ...] = ()  # the order of every probability vector
-
-    @property
-    def decided_by(self) -> str:
-        """ "both", "current", "camera" or "none"."""
-        if len(self.modalities) == 2:
-            return "both"
-        return self.modalities[0] if self.modalities else "none"
 
 
 def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:

@@ -7,10 +7,13 @@ a NaN phase is sensor health, not poison, and parses.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeAlias
 
 MIN_TS = 946_684_800.0  # 2000-01-01: sensor clocks before this are broken
 MAX_TS_AHEAD = 30 * 86_400.0  # replays run sensor time ahead of the wall clock; bound it
+
+# Entries as read or claimed: (stream key, entry id, fields; None or {} when trimmed)
+Batch: TypeAlias = list[tuple[str, str, dict[Any, Any] | None]]
 
 
 class PoisonEntryError(ValueError):

@@ -7,7 +7,7 @@ rejected with an `ImageError` whose message says what is wrong (the caller count
 
 Resizing: a frame already at (frame_px, frame_px) is returned pixel for pixel (the simulator's
 64x64 PNGs decode exactly). Integer downscale factors use the block mean (area averaging,
-rounded half to even), the arithmetic of `training.fmf._resize`, so service and training agree
+rounded half to even), the arithmetic of `training.data.fmf._resize`, so service and training agree
 bit for bit there. Other downscales use Pillow's BOX filter (area averaging, antialiased),
 upscales Pillow's BILINEAR filter. Width and height are scaled independently, as in training:
 the aspect ratio is not kept. EXIF orientation is ignored (pixels are used as stored), alpha
@@ -170,7 +170,7 @@ def resize_frame(rgb: NDArray[np.uint8], frame_px: int) -> NDArray[np.uint8]:
     H, W = rgb.shape[:2]
     if (H, W) == (frame_px, frame_px):
         return np.ascontiguousarray(rgb, dtype=np.uint8)
-    if H % frame_px == 0 and W % frame_px == 0:  # block mean, as training.fmf._resize
+    if H % frame_px == 0 and W % frame_px == 0:  # block mean, as training.data.fmf._resize
         blocks = rgb.reshape(frame_px, H // frame_px, frame_px, W // frame_px, 3)
         mean: NDArray[np.float64] = blocks.mean(axis=(1, 3))  # (frame_px, frame_px, 3)
         return np.round(mean).astype(np.uint8)

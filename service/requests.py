@@ -18,10 +18,12 @@ import numpy as np
 from service.entries import plausible_ts
 from service.health import DEFAULT_HEALTH, current_health
 from service.images import ImageError, decode_base64_image
-from service.schemas import WindowIn
+from service.schemas import CurrentIn, WindowIn
 from service.settings import Settings
 from service.types import CurrentWindow, Window, WindowSpec
 from service.windows import WindowAssembler
+
+NO_MODALITY = "the window has neither current nor camera: send at least one modality"
 
 
 class RequestError(ValueError):
@@ -48,8 +50,7 @@ def window_from_request(
 ) -> tuple[Window, dict[str, Any]]:
     """Build the window; raises RequestError (422/413) or ImageError (422)."""
     if body.current is None and body.camera is None:
-        msg = "the window has neither current nor camera: send at least one modality"
-        raise RequestError(msg)
+        raise RequestError(NO_MODALITY)
     asm = WindowAssembler(
         furnace_id,
         spec,
@@ -99,31 +100,31 @@ def window_from_request(
                 raise ImageError(msg, reason=exc.reason) from exc
             asm.add_frame(f.ts, image)
         end = end if end is not None else times[-1]
-    assert end is not None
+    if end is None:  # not reached: one modality is present and set it
+        raise RequestError(NO_MODALITY)
     _check_time("window_end", end, received_at)
     window = asm.window_at(end)
     if window is None:
         msg = f"no samples or frames fall inside the window ending at {end!r}"
         raise RequestError(msg, "timestamp")
     if window.current is not None and body.current is not None:
-        window, notes["baseline"] = _baseline(window, window.current, body, spec)
+        window, notes["baseline"] = _baseline(window, window.current, body.current, spec)
     return window, notes
 
 
 def _baseline(
-    window: Window, part: CurrentWindow, body: WindowIn, spec: WindowSpec
+    window: Window, part: CurrentWindow, current: CurrentIn, spec: WindowSpec
 ) -> tuple[Window, str]:
     """Keep the history baseline when the request carried enough history; else use the given
     `baseline_a`, else the window's own median (a weaker reference: level shifts vanish).
     A model with a long baseline gets the same three values there (no slow drift seen)."""
-    assert body.current is not None
-    covered = len(body.current.samples) >= spec.samples + int(
+    covered = len(current.samples) >= spec.samples + int(
         round(spec.baseline_seconds * spec.rate_hz)
     )
     if covered and np.isfinite(part.baseline).all():
         return window, "history"
-    if body.current.baseline_a is not None:
-        baseline = np.asarray(body.current.baseline_a, np.float32)
+    if current.baseline_a is not None:
+        baseline = np.asarray(current.baseline_a, np.float32)
         source = "given"
     else:
         with np.errstate(all="ignore"):

@@ -3,7 +3,7 @@ bound every list (SERVING.md 5.2); shapes are checked against the manifest after
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,6 +100,83 @@ class FurnaceState(BaseModel):
     detection: DetectionOut | None
     episode: EpisodeOut | None
     health: dict[str, str]
+
+
+class EpisodeRecord(BaseModel):
+    """An open episode as stored in the state hash (`AlertEpisode.to_dict`)."""
+
+    id: str
+    furnace_id: str
+    condition: str
+    opened_at: float
+    closed_at: float | None
+    peak_score: float
+    raised_by: str
+    votes: list[tuple[str, int]] = Field(description="[condition, abnormal windows] pairs")
+
+
+class FurnaceSummary(BaseModel):
+    furnace_id: str
+    read_by_this_replica: bool
+    last_window_end: float | None
+    condition: str | None
+    score: float | None
+    health: dict[str, str]
+    episode: EpisodeRecord | None
+
+
+class FurnacesOut(BaseModel):
+    furnaces: list[FurnaceSummary]
+
+
+class ModelOut(BaseModel):
+    """A summary of the served bundle's manifest (raw manifest sections passed through)."""
+
+    bundle: str = Field(description="the bundle folder name this replica serves")
+    name: str
+    model_version: str
+    format_version: int
+    bundle_sha256: str
+    provider: str
+    created_at: Any
+    window: dict[str, Any] | None
+    class_names: list[str]
+    codebook_size: int
+    head: str
+    thresholds: dict[str, Any] | None
+    metrics: Any
+    training: dict[str, Any]
+
+
+class ReloadOut(BaseModel):
+    previous: str = Field(description="the model version served before")
+    model_version: str
+    bundle: str = Field(description="the bundle folder loaded")
+    fleet: bool
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyChecks(BaseModel):
+    """Each check; a key is absent (not null) when it does not apply."""
+
+    model: bool
+    draining: bool
+    redis: bool
+    redis_error: str | None = None
+    lease: bool | None = None
+    consumer: bool | None = None
+    streams: int | None = None
+    consumer_error: str | None = None
+    error: str | None = None
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    failing: list[str]
+    checks: ReadyChecks
 
 
 BUNDLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a plain folder name under models/

@@ -9,19 +9,20 @@ Every key lives under the configured prefix. A detection is committed idempotent
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
-from service.alerting import AlertEvent, AlertPolicy, AlertState, DetectionView, next_state
-from service.engine import Detection
+from service.alerting import AlertEvent, AlertPolicy, AlertState, next_state
+from service.detection import Detection
 from service.entries import as_text
+
+GROUP = "sentinel"  # the consumer group every replica reads the input streams under
 
 
 @dataclass(frozen=True)
@@ -80,40 +81,6 @@ class Keys:
         return parts[1], parts[2]
 
 
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def detection_dict(det: Detection) -> dict[str, Any]:
-    """The JSON shape of a detection (HTTP response, detections stream, state hash)."""
-    return {
-        "furnace_id": det.furnace_id,
-        "window_end": det.window_end,
-        "condition": det.condition,
-        "probabilities": det.probabilities,
-        "score": _finite(det.score),
-        "threshold": _finite(det.threshold),
-        "is_abnormal": det.is_abnormal,
-        "modalities": list(det.modalities),
-        "decided_by": det.decided_by,
-        "lead": det.lead or None,
-        "health": det.health,
-        "codes": {m: r.codes for m, r in det.per_modality.items()},
-        "code_agreement": det.code_agreement,
-        "segment_scores": {m: r.segment_scores for m, r in det.per_modality.items()},
-        "per_modality": {
-            m: {
-                "codes": r.codes,
-                "score": r.score,
-                "probabilities": dict(zip(det.class_names, r.probs, strict=False)),
-                "segment_scores": r.segment_scores,
-            }
-            for m, r in det.per_modality.items()
-        },
-        "model_version": det.model_version,
-    }
-
-
 @dataclass(frozen=True)
 class CommitResult:
     applied: bool  # False: this window end was already committed (a redelivery)
@@ -121,33 +88,24 @@ class CommitResult:
     events: list[AlertEvent]
 
 
-def alert_view(det: Detection) -> DetectionView:
-    """What alerting needs from a detection. A window without a usable modality (score NaN,
-    no deciding modality) decides nothing: score None, neither abnormal nor clean."""
-    usable = bool(det.modalities) and math.isfinite(det.score)
-    return DetectionView(
-        furnace_id=det.furnace_id,
-        window_end=det.window_end,
-        score=float(det.score) if usable else None,
-        is_abnormal=det.is_abnormal and usable,
-        condition=det.condition,
-        modalities=det.decided_by if usable else "none",
-    )
+def alerting_form(det: Detection) -> Detection:
+    """The detection as alerting and the stream fields see it: a window without a usable
+    modality (none decided, or a non-finite score) decides nothing, neither abnormal nor
+    clean."""
+    if det.decided:
+        return det
+    return replace(det, modalities=(), is_abnormal=False)
 
 
-def detection_view(fields: Mapping[Any, Any]) -> DetectionView:
-    """A detections-stream entry (as XRANGE returns it) back into what alerting needs, so the
-    stream can be replayed through `next_state` (SERVING.md 2.3)."""
+def read_detection(fields: Mapping[Any, Any]) -> Detection:
+    """A detections-stream entry (as XRANGE returns it) back into a `Detection`, so the
+    stream can be replayed through `next_state` (SERVING.md 2.3).
+
+    Raises:
+        ValueError: an entry without a parsable `data` field.
+    """
     data = json.loads(as_text(fields[b"data"] if b"data" in fields else fields["data"]))
-    score = data.get("score")
-    return DetectionView(
-        furnace_id=str(data["furnace_id"]),
-        window_end=float(data["window_end"]),
-        score=None if score is None or not data.get("modalities") else float(score),
-        is_abnormal=bool(data["is_abnormal"]),
-        condition=str(data["condition"]),
-        modalities=str(data["decided_by"]) if data.get("modalities") else "none",
-    )
+    return Detection.from_dict(data)
 
 
 async def load_state(client: aioredis.Redis, keys: Keys, furnace_id: str) -> dict[str, str]:
@@ -180,9 +138,9 @@ async def commit_detection(
     SADD furnaces -> EXEC; a concurrent writer (WatchError) makes it start over.
     """
     key = keys.state(det.furnace_id)
-    record = {**detection_dict(det), **(extra or {})}
+    record = {**det.to_dict(), **(extra or {})}
     payload = json.dumps(record, allow_nan=False)
-    view = alert_view(det)
+    view = alerting_form(det)
     while True:
         async with client.pipeline(transaction=True) as pipe:
             try:
@@ -208,9 +166,9 @@ async def commit_detection(
                     {
                         "window_end": repr(det.window_end),
                         "condition": det.condition,
-                        "score": "" if view.score is None else repr(view.score),
+                        "score": repr(float(view.score)) if view.modalities else "",
                         "is_abnormal": "1" if view.is_abnormal else "0",
-                        "decided_by": str(view.modalities),
+                        "decided_by": view.decided_by,
                         "model_version": det.model_version,
                         "data": payload,
                     },

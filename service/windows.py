@@ -395,7 +395,7 @@ def _baseline(
     rate_hz: float,
 ) -> NDArray[np.float32]:
     """(3,) per-phase nanmedian of the last baseline_s * rate_hz samples in (start - baseline_s,
-    start], as `training.data._baseline` computes it for one window; NaN when none is finite."""
+    start], as `training.data.windows._baseline` computes it for one window; NaN when none is finite."""
     n = int(round(baseline_s * rate_hz))
     if len(t) == 0 or n == 0:
         return np.full(3, np.nan, np.float32)

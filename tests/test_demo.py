@@ -8,6 +8,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.heavy
+
 
 def test_demo_runs_end_to_end_on_embedded_redis() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FURNACE_")}

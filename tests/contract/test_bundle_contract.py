@@ -13,6 +13,8 @@ import pytest
 
 from service.bundle import BundleError, verify_bundle
 
+pytestmark = pytest.mark.heavy
+
 SERVICE_SIDE = """
 import json, sys
 from service.engine import Engine

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,17 +15,34 @@ from service.alerting import (
     AlertEvent,
     AlertPolicy,
     AlertState,
-    DetectionView,
     episode_id,
     next_state,
 )
+from service.detection import Detection
 
 T0 = 1_700_000_000.0
+LABELS = {"both": ("current", "camera"), "none": ()}  # decided_by labels -> modality names
 
 
-def _det(i: int, abnormal: bool, *, condition: str = "eruption", **kw: object) -> DetectionView:
+def _det(i: int, abnormal: bool, *, condition: str = "eruption", **kw: Any) -> Detection:
+    """Window i of furnace f1. `score=None`: no modality could decide it; `modalities`: a
+    decided_by label ("both", "current", "camera") or modality names."""
     score = kw.pop("score", 0.9 if abnormal else 0.1)
-    return DetectionView("f1", T0 + 2.0 * i, score, abnormal, condition, **kw)  # type: ignore[arg-type]
+    m = kw.pop("modalities", "both")
+    names = LABELS.get(m, (m,)) if isinstance(m, str) else tuple(m)
+    if score is None:
+        names, score = (), math.nan
+    return Detection(
+        furnace_id="f1",
+        window_end=T0 + 2.0 * i,
+        condition=condition,
+        probabilities={},
+        score=score,
+        threshold=0.5,
+        is_abnormal=abnormal,
+        modalities=names,
+        health={},
+    )
 
 
 def _run(

@@ -385,6 +385,26 @@ def test_readyz_is_503_with_the_failing_checks_when_redis_is_down(
         assert "Retry-After" in response.headers
 
 
+def test_routes_answer_503_until_the_model_and_redis_are_there(
+    bundle_dir: Path, key_prefix: str, redis_url: str, spec: WindowSpec
+) -> None:
+    """Without the lifespan (no engine, no Redis client yet) the routes that need them say so
+    with 503, a JSON detail and Retry-After, never a 500."""
+    bare = TestClient(create_app(make_settings(redis_url, key_prefix, bundle_dir)))
+    for response, missing in [
+        (bare.get("/v1/model"), "no model loaded"),
+        (bare.post(windows_url("nr1"), json=window_body(spec, END), headers=WRITE), "no model"),
+        (bare.get("/v1/furnaces"), "Redis"),
+        (bare.get("/v1/furnaces/nr1/state"), "Redis"),
+    ]:
+        assert response.status_code == 503, response.text
+        assert missing in response.json()["detail"] and "Retry-After" in response.headers
+    response = bare.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["model", "redis"]
+    assert bare.get("/healthz").json() == {"status": "ok"}
+
+
 def test_metrics_expose_the_serving_series_after_scoring(
     client: TestClient, spec: WindowSpec
 ) -> None:

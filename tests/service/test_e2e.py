@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 from service.alerting import AlertPolicy, AlertState, next_state
 from service.bundle import Manifest
 from service.main import create_app
-from service.store import detection_view
+from service.store import read_detection
 from service.types import WindowSpec
 from simulator.replay import ConditionWindow, Replay
 from simulator.scenario import ConditionSpec, FurnaceSpec, Scenario
@@ -133,7 +133,7 @@ def test_replaying_the_detections_reproduces_the_alerts_stream(run: Run) -> None
     for furnace, rows in run.detections.items():
         state = AlertState.initial(furnace)
         for _, fields in rows:
-            state, events = next_state(state, detection_view(fields), POLICY)
+            state, events = next_state(state, read_detection(fields), POLICY)
             replayed.extend(ev.to_dict() for ev in events)
     # The service writes one furnace's events in window order; furnaces interleave.
     for furnace in run.replay.furnace_ids:

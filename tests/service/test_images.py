@@ -68,7 +68,7 @@ def test_integer_downscale_is_the_block_mean() -> None:
     big = np.random.default_rng(1).integers(0, 256, (128, 192, 3), dtype=np.uint8)
     out = decode_image(encode_png(big))
     expected = np.round(big.reshape(64, 2, 64, 3, 3).mean(axis=(1, 3))).astype(np.uint8)
-    np.testing.assert_array_equal(out, expected)  # the arithmetic of training.fmf._resize
+    np.testing.assert_array_equal(out, expected)  # the arithmetic of training.data.fmf._resize
 
 
 @pytest.mark.parametrize("size", [(352, 288), (100, 70), (32, 32), (20, 500)])

@@ -24,11 +24,11 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.entries import as_text
-from service.ingest import GROUP, parse_autoclaim
+from service.entries import as_text, parse_autoclaim
 from service.main import create_app
 from service.settings import Settings
 from service.shard import owner
+from service.store import GROUP
 from service.types import WindowSpec
 from simulator.replay import Replay
 from simulator.scenario import ConditionSpec, FurnaceSpec, Scenario, stream_down

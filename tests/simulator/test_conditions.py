@@ -13,6 +13,8 @@ from simulator.config import CLASS_INDEX, CONDITIONS, SimConfig
 from simulator.dataset import RunSpec, generate
 from simulator.types import Episode
 
+pytestmark = pytest.mark.heavy
+
 WINDOW = 32  # samples: 16 s at 2 Hz
 BASELINE = 240  # samples: the 120 s before the window
 EPISODES_PER_CONDITION = 6

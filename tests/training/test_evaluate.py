@@ -7,9 +7,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from training.evaluation.evaluate import evaluate
 from training.evaluation.metrics import CONDITIONS_BY_SETTING
+
+pytestmark = pytest.mark.heavy
 
 CMG_ROWS = (
     "fused",

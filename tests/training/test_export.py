@@ -15,6 +15,8 @@ from training.data.splits import load_recordings, windows_of
 from training.export import INPUTS, OUTPUTS, measure_parity, scorer_inputs, torch_outputs
 from training.run import load_run
 
+pytestmark = pytest.mark.heavy
+
 
 @pytest.fixture(scope="module")
 def held_out(easy_data: dict[str, Path]):  # noqa: ANN201 - training.data.Windows

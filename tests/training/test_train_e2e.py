@@ -8,12 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.helpers.tiny_run import tiny_config
 from training.data.splits import load_recordings, windows_of
 from training.decision import window_probs
 from training.run import load_run, train_run
+
+pytestmark = pytest.mark.heavy
 
 
 def test_tiny_run_trains_end_to_end(tiny_run: Path, easy_data: dict[str, Path]) -> None:

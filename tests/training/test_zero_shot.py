@@ -27,6 +27,8 @@ from training.evaluation.evaluate import evaluate
 from training.run import load_run, train_run
 from training.train_head import encode_all
 
+pytestmark = pytest.mark.heavy
+
 ZERO_SHOT = "zero_shot_current_to_camera"
 SOURCE_AUROC = 0.8  # the current head's eruption AUROC: there is something to transfer
 F1_MARGIN = 0.05  # zero-shot macro-F1 over its 1/k chance level
