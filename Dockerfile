@@ -40,7 +40,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 
-# One uvicorn worker per container (SERVING.md 4.2); SIGTERM drains (SERVING.md 5.4).
+# One uvicorn worker per container (docs/design/serving.md 4.2); SIGTERM drains (docs/design/serving.md 5.4).
 # Settings come from FURNACE_* variables (docs/configuration.md); compose adds the rest.
 ENV FURNACE_HOST=0.0.0.0 \
     FURNACE_PORT=8000 \

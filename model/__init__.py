@@ -1,4 +1,5 @@
-"""Pure-PyTorch CMG model: encoders, shared codebook, CLUB, Cross-CPC, heads (CMG.md)."""
+"""Pure-PyTorch CMG model: encoders, shared codebook, CLUB, Cross-CPC, heads
+(docs/design/cmg.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by several `model/` modules (written once, STYLE.md 2)."""
+"""Small helpers shared by several `model/` modules (written once, docs/design/style.md 2)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
     """Use `module` without building gradients for its parameters (restored afterwards).
 
     The CLUB bound uses the q-nets as fixed functions: gradients reach its inputs only
-    (CMG.md 4.6, "Q frozen in this use").
+    (docs/design/cmg.md 4.6, "Q frozen in this use").
     """
     flags = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in flags:

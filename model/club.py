@@ -1,4 +1,4 @@
-"""CLUB upper bound on I(code; specific features), sampled form (CMG.md 4.6, 5 #5-#6).
+"""CLUB upper bound on I(code; specific features), sampled form (docs/design/cmg.md 4.6, 5 #5-#6).
 
 Cheng et al. 2020, "CLUB: A Contrastive Log-ratio Upper Bound of Mutual Information".
 A variational q-net Q(y | x) = N(mu(x), diag exp(logvar(x))) is fitted by maximum likelihood
@@ -25,7 +25,7 @@ class QNets(nn.Module):
     """Q_m for M modalities: x (M, N, D) -> mu, logvar (M, N, D).
 
     Per modality, two 4-layer MLPs of the given width with ReLU between layers; the logvar
-    branch ends in tanh (CMG.md 3).
+    branch ends in tanh (docs/design/cmg.md 3).
     """
 
     def __init__(self, dim: int, width: int, modalities: int = 2, layers: int = 4) -> None:
@@ -60,14 +60,15 @@ class QNets(nn.Module):
             y: (M, N, D) targets (specific features).
 
         Returns:
-            (M,) log-likelihoods (CMG.md 4.6); the q-nets are fitted on their negative sum.
+            (M,) log-likelihoods (docs/design/cmg.md 4.6); the q-nets are fitted on their negative
+            sum.
         """
         mu, logvar = self(x)
         ll = (-((mu - y) ** 2) / logvar.exp() - logvar).sum(-1) / 2.0  # (M, N)
         return ll.mean(dim=-1)
 
     def bound(self, x: Tensor, y: Tensor, perm: Tensor) -> Tensor:
-        """Sampled CLUB estimate with one shuffled negative per window (CMG.md 4.6).
+        """Sampled CLUB estimate with one shuffled negative per window (docs/design/cmg.md 4.6).
 
         The q-net parameters get no gradient from this term (they are not in the main
         optimiser).
@@ -91,7 +92,8 @@ class QNets(nn.Module):
         return (pos - neg).sum(dim=-1).mean(dim=-1) / 2.0
 
     def fit(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, steps: int) -> Tensor:
-        """Fit by maximum likelihood on detached pairs (CMG.md 4.6: 5 Adam steps, lr 1e-3).
+        """Fit by maximum likelihood on detached pairs (docs/design/cmg.md 4.6: 5 Adam steps, lr
+        1e-3).
 
         Args:
             x: (M, ..., D) codes; y: (M, ..., D) specific features (both detached here).

@@ -1,4 +1,5 @@
-"""The CMG ("Uni-Code") model: two modalities, one discrete codebook (CMG.md sections 1-5, 9).
+"""The CMG ("Uni-Code") model: two modalities, one discrete codebook (docs/design/cmg.md sections
+1-5, 9).
 
 Xia, Huang, Zhu, Zhao, "Achieving Cross Modal Generalization with Multimodal Unified
 Representation", NeurIPS 2023; released code haihuangcode/CMG. `forward` computes one
@@ -10,7 +11,7 @@ detached pairs of the same forward pass before the bound is taken (the released 
 encoder pass per batch), or call `club_step(...)` first, which costs an extra no-grad encoder
 pass. Build that optimiser over `club_parameters()`; the main one over `main_parameters()`.
 
-Project choices beyond CMG.md [ours]:
+Project choices beyond docs/design/cmg.md [ours]:
 - The current features f_c are standardised per feature (buffers `current_mean/_std`, like
   the camera's); Phi_c, Psi_c and the rec_c target all use the standardised f_c. Raw f_c is
   dominated by the common current level and Cross-CPC then stays at log B for hundreds of
@@ -67,7 +68,7 @@ class LossBreakdown(NamedTuple):
 
 
 class CMGOutput(NamedTuple):
-    """Losses, codes and label-free diagnostics (CMG.md 9) of one forward pass."""
+    """Losses, codes and label-free diagnostics (docs/design/cmg.md 9) of one forward pass."""
 
     loss: LossBreakdown
     codes_c: Tensor  # (B, T) int64
@@ -206,7 +207,7 @@ class CMG(nn.Module):
 
     @torch.no_grad()
     def init_codebook_from(self, z_c: Tensor, z_v: Tensor) -> None:
-        """Data initialisation of E (CMG.md 5 #13): random encoder outputs, N = 1.
+        """Data initialisation of E (docs/design/cmg.md 5 #13): random encoder outputs, N = 1.
 
         Args:
             z_c: (B, T, D) current embeddings; z_v: (B, T, D) camera embeddings. A shared
@@ -233,7 +234,8 @@ class CMG(nn.Module):
         return [] if self.club is None else list(self.club.parameters())
 
     def clip_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Main parameters by module, for "clip grad-norm 0.5 per module" (CMG.md 4.8)."""
+        """Main parameters by module, for "clip grad-norm 0.5 per module" (docs/design/cmg.md
+        4.8)."""
         names = ("phi_c", "phi_v", "psi_c", "psi_v", "dec_c", "dec_v", "dec_h", "cpc")
         mods = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         return {n: list(m.parameters()) for n, m in mods.items()}
@@ -242,7 +244,8 @@ class CMG(nn.Module):
     def club_step(
         self, x_c: Tensor, baseline: Tensor, x_v: Tensor, optimizer: torch.optim.Optimizer
     ) -> Tensor:
-        """Fit the CLUB q-nets on detached (code, specific) pairs of this batch (CMG.md 4.6).
+        """Fit the CLUB q-nets on detached (code, specific) pairs of this batch (docs/design/cmg.md
+        4.6).
 
         Runs the encoders without gradient (no EMA or reset; only the one-time input
         statistics and codebook data init in training mode), then `cfg.club_steps` optimiser
@@ -275,7 +278,7 @@ class CMG(nn.Module):
         x_v: Tensor,
         club_optimizer: torch.optim.Optimizer | None = None,
     ) -> CMGOutput:
-        """One step's losses for paired windows (CMG.md 4).
+        """One step's losses for paired windows (docs/design/cmg.md 4).
 
         Args:
             x_c: (B, T, S, 3) phase currents in A.
@@ -345,7 +348,7 @@ class CMG(nn.Module):
             snap_v = snap_c if cfg.shared_codebook else book_v.clone()
             cmcm = cmcm_loss(self.split_groups(z_c), self.split_groups(z_v), snap_c, snap_v)
 
-        # CMG.md 11: MICU-style fine + coarse InfoNCE
+        # docs/design/cmg.md 11: MICU-style fine + coarse InfoNCE
         fine = coarse = zero
         if cfg.align == "infonce":
             fine, coarse = micu_infonce(
@@ -400,7 +403,8 @@ class CMG(nn.Module):
     # --- buffer updates (training only) -----------------------------------------------------
     @torch.no_grad()
     def _update_codebooks(self, z_c: Tensor, z_v: Tensor, i_c: Tensor, i_v: Tensor) -> int:
-        """MM-EMA (CMG.md 4.2), idle counters and dead-code reset (4.4). Returns resets."""
+        """MM-EMA (docs/design/cmg.md 4.2), idle counters and dead-code reset (4.4). Returns
+        resets."""
         cfg = self.cfg
         a_c, a_v = z_c.detach(), z_v.detach()  # (B, T, D)
         if not cfg.mm_ema:
@@ -427,7 +431,7 @@ class CMG(nn.Module):
 
     @torch.no_grad()
     def _diagnostics(self, i_c: Tensor, i_v: Tensor, resets: int) -> dict[str, Tensor]:
-        """Label-free code diagnostics (CMG.md 9) for one batch."""
+        """Label-free code diagnostics (docs/design/cmg.md 9) for one batch."""
         book_c, row_c = self._book("current")
         book_v, row_v = self._book("camera")
         return {

@@ -1,4 +1,5 @@
-"""Codebook E updated by EMA only: MM-EMA, Laplace smoothing, dead-code reset (CMG.md 4.2, 4.4).
+"""Codebook E updated by EMA only: MM-EMA, Laplace smoothing, dead-code reset (docs/design/cmg.md
+4.2, 4.4).
 
 All state is buffers (E, W, N, idle counters), so it travels in `state_dict` and into the
 export. `quantize` is the pure lookup used in evaluation and export; the update methods are
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from model._util import sq_distances
 from model.config import CodebookConfig
 
-RESET_NOISE = 1.0 / 1024.0  # CMG.md 4.4: donor + Uniform(-1/1024, 1/1024)
+RESET_NOISE = 1.0 / 1024.0  # docs/design/cmg.md 4.4: donor + Uniform(-1/1024, 1/1024)
 
 
 class Quantized(NamedTuple):
@@ -55,7 +56,8 @@ class Codebook(nn.Module):
         super().__init__()
         self.cfg = cfg
         K, D = cfg.size, cfg.dim
-        embed = (torch.rand(K, D) * 2.0 - 1.0) / K  # U(+-1/K), the code's init (CMG.md 5 #13)
+        # U(+-1/K), the code's init (docs/design/cmg.md 5 #13)
+        embed = (torch.rand(K, D) * 2.0 - 1.0) / K
         self.register_buffer("embed", embed)
         self.register_buffer("weight", embed.clone())
         self.register_buffer("count", torch.zeros(K))
@@ -80,7 +82,8 @@ class Codebook(nn.Module):
     # --- updates (training only, no_grad) ---------------------------------------------------
     @torch.no_grad()
     def init_from(self, z: Tensor) -> None:
-        """Data initialisation (CMG.md 5 #13): E = K random encoder outputs, W = E, N = 1.
+        """Data initialisation (docs/design/cmg.md 5 #13): E = K random encoder outputs, W = E, N =
+        1.
 
         Args:
             z: (..., D) encoder outputs; sampled without replacement when there are >= K.
@@ -101,7 +104,8 @@ class Codebook(nn.Module):
     def ema_update(self, updates: list[EMAUpdate]) -> None:
         """EMA step from one or two modalities, then E = W / N.
 
-        Released form (CMG.md 4.2): one sequential update per entry, each decaying N and W,
+        Released form (docs/design/cmg.md 4.2): one sequential update per entry, each decaying N
+        and W,
         with W fed 0.5 (own + partner). With `cfg.fused_update` (paper Eq. 7): one decay with
         the counts and sums of all entries together.
         """
@@ -114,7 +118,7 @@ class Codebook(nn.Module):
                 sums += s_k
             self._decay(counts, sums)
         else:
-            for u in updates:  # CMG.md 4.2: sequential, N and W decay once per modality
+            for u in updates:  # docs/design/cmg.md 4.2: sequential, N and W decay once per modality
                 self._decay(*self._statistics(u))
         self.embed.copy_(self.weight / self.count.unsqueeze(-1))
 
@@ -148,7 +152,7 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def reset_dead(self) -> int:
-        """Vectorised dead-code reset (CMG.md 4.4, with W and N reset too [ours]).
+        """Vectorised dead-code reset (docs/design/cmg.md 4.4, with W and N reset too [ours]).
 
         A code is dead when no user chose it for more than `dead_after` steps; donors are
         codes some user chose within `donor_within` steps. Dead codes become a random donor

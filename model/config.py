@@ -1,4 +1,4 @@
-"""Frozen, validated configuration of the CMG model (CMG.md sections 3, 5, 6 and 11).
+"""Frozen, validated configuration of the CMG model (docs/design/cmg.md sections 3, 5, 6 and 11).
 
 Each component owns its defaults in the field defaults. A config travels with every
 checkpoint as `dataclasses.asdict(cfg)` and is rebuilt with `CMGConfig.from_dict`.
@@ -11,11 +11,14 @@ from typing import Any
 
 ALIGN_MODES = ("cpc", "infonce")
 INIT_MODES = ("data", "uniform")
-CURRENT_FEATURE_SETS = ("base", "rich")  # 28 features per segment (CMG.md 2) | 28 + 19 [ours]
+# 28 features per segment (docs/design/cmg.md 2) | 28 + 19 [ours]
+CURRENT_FEATURE_SETS = ("base", "rich")
 CAMERA_POOLS = ("attention", "attention_max")  # Phi_v pooling; "attention_max" adds a spatial max
-CAMERA_NORMS = ("global", "frame")  # per-channel constants (CMG.md 2) | per-frame standardisation
-CAMERA_DIFFS = ("previous", "first")  # residual against frame_{t-1} (CMG.md 2) | the window's first
-CAMERA_CHANNELS = ("rgb", "physics")  # stem input: CMG.md 2 | + redness, local contrast
+# per-channel constants (docs/design/cmg.md 2) | per-frame standardisation
+CAMERA_NORMS = ("global", "frame")
+# residual against frame_{t-1} (docs/design/cmg.md 2) | the window's first
+CAMERA_DIFFS = ("previous", "first")
+CAMERA_CHANNELS = ("rgb", "physics")  # stem input: docs/design/cmg.md 2 | + redness, local contrast
 CODE_TARGETS = (
     "none",
     "hotness",
@@ -36,7 +39,8 @@ def _require(ok: bool, msg: str) -> None:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Semantic and specific encoders (CMG.md section 3, slimmed camera stem: see encoders.py)."""
+    """Semantic and specific encoders (docs/design/cmg.md section 3, slimmed camera stem: see
+    encoders.py)."""
 
     dim: int = 64  # D, width of the semantic transformers; must equal CodebookConfig.dim
     layers: int = 2  # transformer layers per semantic encoder
@@ -72,16 +76,18 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class CodebookConfig:
-    """Shared codebook E with EMA updates, MM-EMA and dead-code reset (CMG.md 4.2, 4.4, 5)."""
+    """Shared codebook E with EMA updates, MM-EMA and dead-code reset (docs/design/cmg.md 4.2, 4.4,
+    5)."""
 
-    size: int = 128  # K (CMG.md calls it M)
+    size: int = 128  # K (docs/design/cmg.md calls it M)
     dim: int = 64  # D
     decay: float = 0.99  # EMA gamma
     eps: float = 1e-5  # Laplace smoothing epsilon
-    beta: float = 0.25  # commitment: 2 beta own code, beta partner's code (CMG.md 4.3)
+    beta: float = 0.25  # commitment: 2 beta own code, beta partner's code (docs/design/cmg.md 4.3)
     dead_after: int = 150  # reset a code unused for more than this many training steps
     donor_within: int = 50  # donors: codes used within this many steps
-    init: str = "data"  # "data": E from encoder outputs, N = 1 (CMG.md 5 #13); "uniform": code
+    # "data": E from encoder outputs, N = 1 (docs/design/cmg.md 5 #13); "uniform": code
+    init: str = "data"
     fused_update: bool = False  # paper Eq. 7 (one decay, n_c + n_v) instead of the released form
 
     def __post_init__(self) -> None:
@@ -99,7 +105,7 @@ class CodebookConfig:
 
 @dataclass(frozen=True)
 class CMGConfig:
-    """The whole CMG model. Defaults follow CMG.md section 6 ("Project start")."""
+    """The whole CMG model. Defaults follow docs/design/cmg.md section 6 ("Project start")."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
@@ -115,14 +121,14 @@ class CMGConfig:
     cpc: bool = True
     cmcm: bool = True
     cmcm_weight: float = 0.5
-    align: str = "cpc"  # "cpc" | "infonce" (MICU-style ablation, CMG.md 11)
+    align: str = "cpc"  # "cpc" | "infonce" (MICU-style ablation, docs/design/cmg.md 11)
     club_width: int = 64  # CLUB q-net width
     club_steps: int = 5  # q-net Adam steps per batch
     club_lr: float = 1e-3  # q-net learning rate (the caller builds the optimiser)
     cpc_self_weight: float = 0.1  # weight of the c->c and v->v CPC terms
-    infonce_temperature: float = 0.1  # MICU-style InfoNCE (CMG.md 11)
+    infonce_temperature: float = 0.1  # MICU-style InfoNCE (docs/design/cmg.md 11)
     infonce_mask: float = 0.3  # share of time steps masked in the fine/coarse InfoNCE
-    # --- options beyond CMG.md [ours]; the defaults reproduce the behaviour above ----------
+    # --- options beyond docs/design/cmg.md [ours]; the defaults reproduce the behaviour above --
     code_groups: int = 1  # G: product quantisation, G lookups of D/G sub-vectors per segment
     current_feature_set: str = "base"  # "rich": + baseline-relative stats per segment
     camera_pool: str = "attention"  # "attention_max": ‖ spatial max of the stem map
@@ -185,12 +191,12 @@ class CMGConfig:
             self.align in ALIGN_MODES, f"align must be one of {ALIGN_MODES}, got {self.align!r}"
         )
         if self.align == "infonce":
-            # CMG.md 11: the MICU-style model drops Cross-CPC, CMCM and CLUB.
+            # docs/design/cmg.md 11: the MICU-style model drops Cross-CPC, CMCM and CLUB.
             for name in ("club", "cpc", "cmcm"):
                 object.__setattr__(self, name, False)
         _require(
             not (self.club and not self.cpc),
-            "club=True with cpc=False collapses the codes (CMG.md 10.1, Table 2): "
+            "club=True with cpc=False collapses the codes (docs/design/cmg.md 10.1, Table 2): "
             "set cpc=True, or club=False as well",
         )
         _require(
@@ -221,7 +227,8 @@ class CMGConfig:
 
     @property
     def camera_extra_channels(self) -> int:
-        """Physics channels the camera stems read besides the six of CMG.md 2 (0 or 2)."""
+        """Physics channels the camera stems read besides the six of docs/design/cmg.md 2 (0 or
+        2)."""
         return PHYSICS_CHANNELS if self.camera_channels == "physics" else 0
 
     @property

@@ -1,4 +1,5 @@
-"""Contrastive alignment terms: CMCM (CMG.md 4.5) and MICU-style fine/coarse InfoNCE (CMG.md 11).
+"""Contrastive alignment terms: CMCM (docs/design/cmg.md 4.5) and MICU-style fine/coarse InfoNCE
+(docs/design/cmg.md 11).
 
 CMCM: Liu et al. 2021, "Cross-Modal Discrete Representation Learning". InfoNCE as in the
 `info-nce-pytorch` package used by the MICU code: cosine similarity over temperature, the
@@ -15,14 +16,15 @@ from torch import Tensor
 
 from model._util import sq_distances
 
-CMCM_SQRT_EPS = 1e-8  # CMG.md 10.9: sqrt needs an epsilon at zero distance
+CMCM_SQRT_EPS = 1e-8  # docs/design/cmg.md 10.9: sqrt needs an epsilon at zero distance
 
 
 def log_code_histogram(z: Tensor, codebook: Tensor) -> Tensor:
-    """log of the soft code histogram, log mean_t softmax_k(-sqrt(d + eps)) (CMG.md 4.5).
+    """log of the soft code histogram, log mean_t softmax_k(-sqrt(d + eps)) (docs/design/cmg.md
+    4.5).
 
     Computed as logsumexp over T of log-softmax, minus log T, so it never takes log(0)
-    (CMG.md 10.9). Gradient reaches z, not the codebook (a buffer).
+    (docs/design/cmg.md 10.9). Gradient reaches z, not the codebook (a buffer).
 
     Args:
         z: (B, T, D) semantic features.
@@ -37,7 +39,7 @@ def log_code_histogram(z: Tensor, codebook: Tensor) -> Tensor:
 
 
 def cmcm_loss(z_c: Tensor, z_v: Tensor, codebook_c: Tensor, codebook_v: Tensor) -> Tensor:
-    """Cross-modal code matching (CMG.md 4.5): paired windows have matching histograms.
+    """Cross-modal code matching (docs/design/cmg.md 4.5): paired windows have matching histograms.
 
     Args:
         z_c: (B, T, D); z_v: (B, T, D).
@@ -74,7 +76,8 @@ def info_nce(query: Tensor, key: Tensor, temperature: float) -> Tensor:
 def micu_infonce(
     z_c: Tensor, z_v: Tensor, *, temperature: float = 0.1, mask: float = 0.3
 ) -> tuple[Tensor, Tensor]:
-    """Masked fine + coarse multimodal InfoNCE (FCMI) of the MICU-style ablation (CMG.md 11).
+    """Masked fine + coarse multimodal InfoNCE (FCMI) of the MICU-style ablation
+    (docs/design/cmg.md 11).
 
     One Bernoulli mask (drop probability `mask`) zeroes time steps of both modalities; the
     masked features of each modality are contrasted with the unmasked features of every

@@ -1,4 +1,4 @@
-"""Cross-CPC on pre-quantisation features, as released (CMG.md 4.7, 5 #7).
+"""Cross-CPC on pre-quantisation features, as released (docs/design/cmg.md 4.7, 5 #7).
 
 Each modality's context (a 2-layer LSTM over z up to step t) predicts step t + 1 of the other
 modality (weight 1) and of itself (weight `self_weight`). K = 1 step ahead, one random t per
@@ -24,7 +24,7 @@ class CPCOutput(NamedTuple):
 
 
 def _nce(target: Tensor, pred: Tensor) -> Tensor:
-    """sum_i log_softmax(target @ pred.T, over columns)[i, i] (CMG.md 4.7).
+    """sum_i log_softmax(target @ pred.T, over columns)[i, i] (docs/design/cmg.md 4.7).
 
     Args:
         target: (B, D) true next steps.
@@ -74,7 +74,8 @@ class CrossCPC(nn.Module):
         """
         B, T, _ = z_c.shape
         if t is None:
-            t = int(torch.randint(1, T - 1, ()).item())  # CMG.md 4.7: t in 1..T-K-1, K = 1
+            # docs/design/cmg.md 4.7: t in 1..T-K-1, K = 1
+            t = int(torch.randint(1, T - 1, ()).item())
         if not 1 <= t <= T - 2:
             msg = f"t must be in [1, {T - 2}], got {t}"
             raise ValueError(msg)

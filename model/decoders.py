@@ -1,4 +1,4 @@
-"""Reconstruction decoders Dec_c and Dec_v (CMG.md 3 and 4.8), and the code-only hotness
+"""Reconstruction decoders Dec_c and Dec_v (docs/design/cmg.md 3 and 4.8), and the code-only hotness
 decoder of code_target "hotness" [ours]; training only."""
 
 from __future__ import annotations

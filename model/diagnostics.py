@@ -1,4 +1,4 @@
-"""Label-free code diagnostics of one batch (CMG.md 9)."""
+"""Label-free code diagnostics of one batch (docs/design/cmg.md 9)."""
 
 from __future__ import annotations
 

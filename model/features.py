@@ -1,4 +1,5 @@
-"""Per-segment input features, computed inside the graph so ONNX takes raw windows (CMG.md 2).
+"""Per-segment input features, computed inside the graph so ONNX takes raw windows
+(docs/design/cmg.md 2).
 
 Everything here is plain tensor arithmetic that exports at opset 17 and stays finite for
 all-zero input (a power cut or a black frame).
@@ -12,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CURRENT_SCALE_A = 20000.0  # measurement ceiling (FURNACE.md 2), maps currents to [0, 1]
+CURRENT_SCALE_A = 20000.0  # measurement ceiling (docs/design/furnace.md 2), maps currents to [0, 1]
 MIN_BASELINE_A = 1.0  # baselines at or below this carry no setpoint information
 REL_CLAMP = (-1.0, 4.0)  # (mean - baseline) / baseline is clamped to this range [ours]
 
 
 def current_features(x_c: Tensor, baseline: Tensor) -> Tensor:
-    """Current features f_c (CMG.md 2): 28 per segment for S = 4.
+    """Current features f_c (docs/design/cmg.md 2): 28 per segment for S = 4.
 
     Layout of the last axis: 3 S raw samples (sample-major, phases A, B, C inner) / 20 000;
     per-phase mean, std (population), min, max / 20 000 (12); per-phase
@@ -113,7 +114,7 @@ def long_context_features(x_c: Tensor, baseline: Tensor) -> Tensor:
 
 
 class CameraInput(NamedTuple):
-    """The camera input of CMG.md 2 as two 3-channel halves, plus the raw pixels.
+    """The camera input of docs/design/cmg.md 2 as two 3-channel halves, plus the raw pixels.
 
     All three are channels-first views of channels-last buffers (no layout copies).
     """
@@ -136,7 +137,7 @@ def camera_inputs(
     diff_to: str = "previous",
     channels: str = "rgb",
 ) -> CameraInput:
-    """Camera input halves (CMG.md 2), computed without interleaving the six channels.
+    """Camera input halves (docs/design/cmg.md 2), computed without interleaving the six channels.
 
     The temporal residual is taken on the [0, 1] frames, not the standardised ones.
 
@@ -144,11 +145,12 @@ def camera_inputs(
         x_v: (B, T, H, W, 3) uint8 frames (the last frame of each segment).
         mean: (3,) per-channel mean of training frames on the [0, 1] scale.
         std: (3,) per-channel standard deviation, same scale.
-        norm: "global" standardises with mean/std (CMG.md 2); "frame" [ours] with each
+        norm: "global" standardises with mean/std (docs/design/cmg.md 2); "frame" [ours] with each
             frame's own per-channel mean and std (floored), which removes exposure gain.
-        diff_to: "previous": frame_t - frame_{t-1} (CMG.md 2); "first" [ours]: frame_t minus
+        diff_to: "previous": frame_t - frame_{t-1} (docs/design/cmg.md 2); "first" [ours]: frame_t
+        minus
             the window's first frame, a trailing reference that accumulates slow change.
-        channels: "rgb" (CMG.md 2); "physics" [ours] adds `physics_channels` as `extra`.
+        channels: "rgb" (docs/design/cmg.md 2); "physics" [ours] adds `physics_channels` as `extra`.
 
     Returns:
         CameraInput(standard, diff, pixels, extra), each (B, T, 3, H, W) float32; extra is
@@ -268,7 +270,7 @@ def hotspot_target(pixels: Tensor, px: int, physics: Tensor | None = None) -> Te
     only what a local incandescent spot or ejecta add: channel 0 is the geometric mean
     sqrt(glow * redness) of the two "hotness" channels (bright above the surroundings AND
     red-hot), zero in the top SHELL_FROM of the view where the rim glow and flame always
-    are (FURNACE.md 3: the camera looks at the shell, rim at the top); channel 1 the
+    are (docs/design/furnace.md 3: the camera looks at the shell, rim at the top); channel 1 the
     saturation channel over the whole view; both at px x px, HOTNESS_GAINS scale.
 
     Args:
@@ -322,7 +324,7 @@ def hotspot_stats(pixels: Tensor) -> Tensor:
 
 
 def camera_features(x_v: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Camera features (CMG.md 2): standardised frame_t || frame_t - frame_{t-1}.
+    """Camera features (docs/design/cmg.md 2): standardised frame_t || frame_t - frame_{t-1}.
 
     The encoders consume `camera_inputs` directly, which is the same tensor split in two
     halves (the stems apply the two halves of their first conv separately).
@@ -340,7 +342,7 @@ def camera_features(x_v: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 def frame_target(pixels: Tensor, px: int) -> Tensor:
-    """Camera reconstruction target: the current frame, area-downsampled (CMG.md 4.8).
+    """Camera reconstruction target: the current frame, area-downsampled (docs/design/cmg.md 4.8).
 
     Args:
         pixels: (B, T, 3, H, W) frames as floats in [0, 255] (`CameraInput.pixels`);

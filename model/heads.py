@@ -1,4 +1,5 @@
-"""Detector head on frozen codes (CMG.md 3 "head", 7) and the anomaly score convention."""
+"""Detector head on frozen codes (docs/design/cmg.md 3 "head", 7) and the anomaly score
+convention."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from model.config import HEAD_POOLS, CMGConfig
 
-NORMAL = 0  # class index of "normal" (ARCHITECTURE.md class order)
+NORMAL = 0  # class index of "normal" (docs/design/architecture.md class order)
 
 
 class HeadOutput(NamedTuple):

@@ -1,6 +1,7 @@
-"""Input standardisation constants of both modalities, exported with the graphs (CMG.md 2).
+"""Input standardisation constants of both modalities, exported with the graphs (docs/design/cmg.md
+2).
 
-The camera is standardised per channel as CMG.md 2 specifies. The current features are
+The camera is standardised per channel as docs/design/cmg.md 2 specifies. The current features are
 standardised per feature as well [ours]: raw f_c is dominated by the common current level
 (about 0.5 +- 0.1 on the / 20 000 scale), which leaves windows nearly indistinguishable
 after the post-norm encoder and keeps Cross-CPC at log B for hundreds of steps.

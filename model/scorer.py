@@ -1,4 +1,5 @@
-"""Per-modality inference graph: raw window -> codes -> head -> score (CMG.md 4, "Inference").
+"""Per-modality inference graph: raw window -> codes -> head -> score (docs/design/cmg.md 4,
+"Inference").
 
 This is what the ONNX export wraps, one graph per modality. The nearest-code lookup is
 written as explicit squared distances + argmin (no cdist) so that it exports at opset 17;

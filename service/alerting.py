@@ -1,11 +1,12 @@
-"""Alert episodes from per-window detections: a pure, replayable state machine (SERVING.md 1.5).
+"""Alert episodes from per-window detections: a pure, replayable state machine
+(docs/design/serving.md 1.5).
 
 `next_state(state, detection)` opens an episode when `k` of the last `n` scored
 windows are abnormal and closes it after `m` consecutive clean ones (hysteresis). It is
 idempotent per (furnace, window end): a detection at or before `state.last_window_end` changes
 nothing, so a redelivered window makes no second episode. Episode ids derive from the furnace
 and the opening window end, so replaying the detections stream rebuilds the same episodes
-(SERVING.md 2.3). The state is stored in the `furnace:{id}:state` hash as strings
+(docs/design/serving.md 2.3). The state is stored in the `furnace:{id}:state` hash as strings
 (`AlertState.to_dict` / `from_dict`).
 """
 

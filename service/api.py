@@ -1,4 +1,5 @@
-"""HTTP routes (ARCHITECTURE.md "Interfaces"): windows in, detections and state out, model
+"""HTTP routes (docs/design/architecture.md "Interfaces"): windows in, detections and state out,
+model
 admin, health and metrics. Inference runs in the executor, never on the event loop. Routes get
 the runtime, engine and Redis client through the dependencies of service/deps.py (503 while
 one is not ready); every JSON route declares its response model (service/schemas.py)."""
@@ -224,7 +225,7 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(rt: RuntimeDep, response: Response) -> ReadyOut:
     """Ready: bundle loaded, Redis answers, shard lease held, consumer loop alive and recent,
-    not draining (SERVING.md 5.3). 503 lists the failing checks."""
+    not draining (docs/design/serving.md 5.3). 503 lists the failing checks."""
     checks = ReadyChecks(model=rt.engine is not None, draining=rt.draining, redis=False)
     try:
         checks.redis = bool(await asyncio.wait_for(rt.redis().ping(), 2.0))

@@ -1,4 +1,4 @@
-"""API keys on write and admin routes (SERVING.md 5.1).
+"""API keys on write and admin routes (docs/design/serving.md 5.1).
 
 `X-API-Key` header; keys compared in constant time on bytes (header values are latin-1, and
 `compare_digest` on a non-ASCII str raises TypeError). Missing key -> 401, wrong key -> 403,

@@ -1,4 +1,5 @@
-"""The model bundle format: reader and verifier (ARCHITECTURE.md "Model bundle", SERVING.md 5.5).
+"""The model bundle format: reader and verifier (docs/design/architecture.md "Model bundle",
+docs/design/serving.md 5.5).
 
 A bundle is a folder with `manifest.json`, one ONNX graph per modality and `golden.npz`
 (inputs and reference outputs for a warm-up check). `verify_bundle` parses and validates the

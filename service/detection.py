@@ -1,5 +1,5 @@
 """The decision for one window: the one internal form the engine makes, the alert state machine
-reads and the store writes (SERVING.md 1.4-1.5).
+reads and the store writes (docs/design/serving.md 1.4-1.5).
 
 `Detection.to_dict()` is the JSON shape every consumer sees (the HTTP response, the
 detections stream's `data` field, the state hash's `detection`); `Detection.from_dict()` parses

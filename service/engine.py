@@ -2,7 +2,7 @@
 
 One `InferenceSession` per modality graph, built from a verified bundle, checked against the
 manifest's input/output names and warmed on the bundle's golden windows before it serves
-(SERVING.md 3.1, 5.5). `run()` is thread-safe and releases the GIL; callers run `score`
+(docs/design/serving.md 3.1, 5.5). `run()` is thread-safe and releases the GIL; callers run `score`
 in a worker thread, never on the event loop.
 
 Decision (the rule `furnace evaluate` scores for the bundle's `thresholds.fusion`):
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 Observer = Callable[[str, float, int], None]
 GOLDEN_PROB_TOL = 1e-3
-GOLDEN_CODE_AGREEMENT = 0.95  # near-ties may flip across CPUs (SERVING.md 3.3)
+GOLDEN_CODE_AGREEMENT = 0.95  # near-ties may flip across CPUs (docs/design/serving.md 3.3)
 
 
 def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:

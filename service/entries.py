@@ -1,4 +1,4 @@
-"""Parsing stream entries (SERVING.md 1.2-1.4): fields, timestamps, XAUTOCLAIM replies.
+"""Parsing stream entries (docs/design/serving.md 1.2-1.4): fields, timestamps, XAUTOCLAIM replies.
 
 An entry that can never be processed raises `PoisonEntryError` with the dead-letter reason;
 a NaN phase is sensor health, not poison, and parses.
@@ -28,7 +28,7 @@ def parse_autoclaim(reply: Any) -> tuple[str, list[tuple[str, dict[Any, Any]]], 
     """XAUTOCLAIM's reply as (cursor, entries, deleted ids), for Redis 6.2 and >= 7.0 shapes.
 
     7.0 replies [cursor, entries, deleted]; 6.2 replies [cursor, entries] with nil entries for
-    ids trimmed while pending (SERVING.md 1.3). redis-py may already have parsed it: its
+    ids trimmed while pending (docs/design/serving.md 1.3). redis-py may already have parsed it: its
     parser turns a nil entry into (None, None) and fields into a dict.
     """
     if not isinstance(reply, list | tuple) or len(reply) not in (2, 3):

@@ -1,4 +1,5 @@
-"""Per-window modality health read from the data itself (FURNACE.md 6, SERVING.md 1.2).
+"""Per-window modality health read from the data itself (docs/design/furnace.md 6,
+docs/design/serving.md 1.2).
 
 A sensor fault is never a furnace condition: every rule here was calibrated on simulator
 output so that clean windows of every condition (eruption, electrode breakage, overheating at
@@ -17,7 +18,8 @@ Current, in order of precedence (first match wins):
            other phases then ran above 0.9 of the ceiling and all three never stayed clipped
            for 12 s, so the rule flags none of them;
   stuck    a phase repeats one value `stuck_run` times in a row, ignoring exact zeros (power
-           cuts and a broken electrode's dead phase are process, FURNACE.md 6) and values at
+           cuts and a broken electrode's dead phase are process, docs/design/furnace.md 6) and
+           values at
            the ceiling (clipping). Clean 2 Hz current never repeats a value (the log: at most
            twice); the simulator's stuck fault holds the phase's last value. A phase stuck at
            exactly 0 (a fault that starts during a power cut) is therefore not detected;

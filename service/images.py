@@ -1,9 +1,9 @@
 """Camera frames from bytes: PNG or JPEG of any size to an RGB uint8 (frame_px, frame_px, 3) array.
 
-SERVING.md 5.2: the decoded size is checked from the header before any pixel is decoded
+docs/design/serving.md 5.2: the decoded size is checked from the header before any pixel is decoded
 (decompression bombs), the frame is resized to the manifest size, and anything else is
 rejected with an `ImageError` whose message says what is wrong (the caller counts it as
-`reason="decode"` or `"too_large"` and dead-letters stream entries, SERVING.md 1.4).
+`reason="decode"` or `"too_large"` and dead-letters stream entries, docs/design/serving.md 1.4).
 
 Resizing: a frame already at (frame_px, frame_px) is returned pixel for pixel (the simulator's
 64x64 PNGs decode exactly). Integer downscale factors use the block mean (area averaging,
@@ -37,7 +37,8 @@ class ImageError(ValueError):
 
     def __init__(self, message: str, *, reason: str = "decode") -> None:
         super().__init__(message)
-        self.reason = reason  # "decode" or "too_large": the metrics label (SERVING.md 4.1)
+        # "decode" or "too_large": the metrics label (docs/design/serving.md 4.1)
+        self.reason = reason
 
 
 def image_format(data: bytes) -> str:

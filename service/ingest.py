@@ -1,4 +1,5 @@
-"""Redis Streams ingestion (SERVING.md 1-2): consumer group reads -> windows -> scores -> commits.
+"""Redis Streams ingestion (docs/design/serving.md 1-2): consumer group reads -> windows -> scores
+-> commits.
 
 One loop per replica, sequential by design: each turn reads one batch over every owned stream,
 feeds it to the per-furnace window assemblers, scores and commits the windows it closed, then
@@ -9,7 +10,7 @@ and takes over entries abandoned by consumers that died (service/recovery.py).
 
 The loop reads only while this replica holds its shard lease. A Redis outage drops the
 in-memory state and the loop rebuilds it once Redis answers again; any other error ends the
-loop (the process exits, SERVING.md 5.3).
+loop (the process exits, docs/design/serving.md 5.3).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class StreamConsumer:
         self.instance = uuid.uuid4().hex
         self.status = ConsumerStatus()
         url = settings.redis_url
-        # SERVING.md 1.2: the blocking reader's socket timeout exceeds BLOCK by a margin.
+        # docs/design/serving.md 1.2: the blocking reader's socket timeout exceeds BLOCK by a
+        # margin.
         name = f"sentinel-{self.consumer}-{self.instance[:12]}"  # CLIENT LIST shows who is who
         self.reader = aioredis.Redis.from_url(
             url,
@@ -220,7 +222,7 @@ class StreamConsumer:
     async def _adopt(self, furnace_id: str) -> None:
         """Start reading a furnace: rebuild its window buffer from both streams' history,
         commit any window that history closes after the last committed one, and start each
-        stream with its own pending entries (SERVING.md 2.3)."""
+        stream with its own pending entries (docs/design/serving.md 2.3)."""
         spec = self.engine().manifest.window
         assembler = await self.recovery.adopt(self.client, furnace_id, spec)
         windows = self.streams.add(furnace_id, assembler)

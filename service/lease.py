@@ -1,4 +1,5 @@
-"""Shard ownership (SERVING.md 2.1): the agreed shard count, this replica's shard lease, and
+"""Shard ownership (docs/design/serving.md 2.1): the agreed shard count, this replica's shard
+lease, and
 which furnaces it reads.
 
 Every replica must agree on `FURNACE_SHARD_COUNT`: the first one writes it to `shard:layout`

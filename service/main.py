@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(settings)` builds it (routes from service/api.py, the
 shared `Runtime` of service/runtime.py, exception handlers, timing middleware), lifespan loads
 the bundle, connects Redis and runs the stream consumer. Nothing is created at import
-(STYLE.md 8).
+(docs/design/style.md 8).
 
 `uvicorn service.main:app --factory`-style use goes through `app_from_env()`; `furnace serve`
 calls it.
@@ -94,7 +94,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _shutdown(rt: Runtime) -> None:
-    """SERVING.md 5.4: stop reading, let the batch in hand finish and ack, release the lease,
+    """docs/design/serving.md 5.4: stop reading, let the batch in hand finish and ack, release the
+    lease,
     close the Redis clients; whatever was not acked stays pending for the restart."""
     rt.draining = True
     if rt.watch_task is not None:
@@ -161,7 +162,8 @@ def create_app(settings: Settings | None = None, *, group_start_id: str = "$") -
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with only type, loc and msg: echoing `input` breaks on NaN (SERVING.md 5.2)."""
+    """422 with only type, loc and msg: echoing `input` breaks on NaN (docs/design/serving.md
+    5.2)."""
     errors = [
         {"type": str(e.get("type")), "loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg")}
         for e in exc.errors()

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one service instance: every series SERVING.md 4.1 names, nothing more.
+"""Prometheus metrics of one service instance: every series docs/design/serving.md 4.1 names,
+nothing more.
 
 Collectors live in a `Metrics` object with its own `CollectorRegistry`, built with the app, so
 two apps in one test process never collide ("Duplicated timeseries in CollectorRegistry",
@@ -24,7 +25,8 @@ from prometheus_client.registry import Collector
 
 OTHER_FURNACE: Final = "other"
 
-# Inference of these small encoders is 1e-4 s for one window, 1e-3 s for a batch (SERVING.md 6).
+# Inference of these small encoders is 1e-4 s for one window, 1e-3 s for a batch
+# (docs/design/serving.md 6).
 INFERENCE_BUCKETS: Final = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25)
 BATCH_SIZE_BUCKETS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 # Window end -> detection committed; the objective is p99 <= 1 s, so 1 s is a bucket edge.
@@ -48,7 +50,7 @@ class _WithoutCreated(Collector):
     """Every family of `source` minus client_python's `_created` samples.
 
     The text format would expose each counter and histogram child twice (`x_total` and a
-    `x_created` gauge); SERVING.md 4.1 lists no `_created` series. Disabling them in
+    `x_created` gauge); docs/design/serving.md 4.1 lists no `_created` series. Disabling them in
     client_python is process-global (`disable_created_metrics`), so filter here instead.
     """
 
@@ -275,7 +277,7 @@ class Metrics:
 
     def set_stream_lag(self, *, furnace_id: str, modality: str, lag: int | None) -> None:
         """XINFO GROUPS `lag`; Redis reports nil when it cannot tell, and then we export nothing
-        rather than 0 (SERVING.md 1.7)."""
+        rather than 0 (docs/design/serving.md 1.7)."""
         furnace = self.furnace_label(furnace_id)
         if lag is None:
             try:

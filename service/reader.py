@@ -1,4 +1,5 @@
-"""The read loop's batch path (SERVING.md 1.2-1.4, 1.7): XREADGROUP -> window assemblers ->
+"""The read loop's batch path (docs/design/serving.md 1.2-1.4, 1.7): XREADGROUP -> window
+assemblers ->
 scores -> commits -> XACK.
 
 `read_once` reads one batch (`XREADGROUP ... COUNT n`) over every owned stream; `process`
@@ -152,7 +153,7 @@ class StreamReader:
     def _ahead(self, cursor: StreamCursor) -> bool:
         """True while another stream of the same furnace has a backlog (its last read was
         full) and this one already runs more than a hop past it: reading it further would
-        only buffer entries of windows that cannot close yet (SERVING.md 1.7)."""
+        only buffer entries of windows that cannot close yet (docs/design/serving.md 1.7)."""
         if cursor.next_id != ">":
             return False
         margin = self.settings.grace_seconds + self.engine().manifest.window.hop_seconds

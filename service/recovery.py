@@ -1,4 +1,5 @@
-"""Recovery of a consumer's streams (SERVING.md 1.3, 2.3): rebuilding window buffers from
+"""Recovery of a consumer's streams (docs/design/serving.md 1.3, 2.3): rebuilding window buffers
+from
 history, taking over abandoned entries, removing dead consumer names.
 
 On adopting a furnace (a start, or a Redis outage that dropped the in-memory state) its
@@ -66,7 +67,8 @@ class Recovery:
         self, client: aioredis.Redis, furnace_id: str, spec: WindowSpec
     ) -> WindowAssembler:
         """Create the furnace's groups and rebuild its window buffer from both streams'
-        history, resuming after the last committed window (SERVING.md 2.3). The windows that
+        history, resuming after the last committed window (docs/design/serving.md 2.3). The windows
+        that
         history closes are left in the assembler for the caller to commit."""
         for modality in MODALITIES:
             key = self.keys.stream(furnace_id, modality)
@@ -164,7 +166,7 @@ class Recovery:
 
     async def prune_consumers(self, client: aioredis.Redis, streams: list[str]) -> int:
         """XGROUP DELCONSUMER consumer names of the streams that hold nothing pending and were
-        idle past claim_min_idle_ms (a crashed or retired shard; SERVING.md 1.3). A live
+        idle past claim_min_idle_ms (a crashed or retired shard; docs/design/serving.md 1.3). A live
         consumer pruned by mistake is recreated by its next XREADGROUP; nothing is lost
         because only names without pending entries go. Returns how many were removed."""
         removed = 0

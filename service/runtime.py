@@ -1,6 +1,7 @@
 """What the routes and the stream consumer share, one per app: settings, metrics, the inference
 executor, the alert policy, the loaded engine, the Redis client and the consumer, plus the
-model reload (SERVING.md 3.2) and per-detection metrics. `service/main.py` builds and runs it,
+model reload (docs/design/serving.md 3.2) and per-detection metrics. `service/main.py` builds and
+runs it,
 `service/api.py` reads it through the dependencies of `service/deps.py`.
 """
 
@@ -96,7 +97,7 @@ class Runtime:
         return await self.in_executor(lambda: engine.score(windows, observe))
 
     async def reload(self, name: str) -> tuple[str, Engine]:
-        """Verify, build and warm the bundle `name`, then swap it in (SERVING.md 3.2).
+        """Verify, build and warm the bundle `name`, then swap it in (docs/design/serving.md 3.2).
 
         The caller holds `reload_lock`. Returns (previous model version, new engine).
 
@@ -131,7 +132,8 @@ class Runtime:
 
     async def follow_desired(self) -> None:
         """Reload when `{prefix}model:desired` names another bundle than the last one seen
-        (SERVING.md 3.2: each replica reloads itself). A refused bundle is not retried until
+        (docs/design/serving.md 3.2: each replica reloads itself). A refused bundle is not retried
+        until
         the key changes again; while another reload runs, the next poll looks again."""
         raw = await self.redis().get(Keys(self.settings.key_prefix).model_desired)
         if raw is None:

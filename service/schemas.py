@@ -1,5 +1,6 @@
 """HTTP request and response bodies (pydantic v2). Inputs forbid NaN/Inf and unknown fields and
-bound every list (SERVING.md 5.2); shapes are checked against the manifest after parsing."""
+bound every list (docs/design/serving.md 5.2); shapes are checked against the manifest after
+parsing."""
 
 from __future__ import annotations
 

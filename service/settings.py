@@ -1,7 +1,7 @@
 """The service's one `Settings`: environment variables prefixed `FURNACE_` (docs/configuration.md).
 
 Built in `create_app`, never at import, so a test builds an app with its own settings
-(STYLE.md 8). Lists (API keys, furnaces) are comma-separated strings in the environment.
+(docs/design/style.md 8). Lists (API keys, furnaces) are comma-separated strings in the environment.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     inference_workers: int = Field(1, ge=1, le=16)
     model_poll_seconds: float = Field(5.0, ge=0)  # poll model:desired; 0 turns it off
 
-    # Security (SERVING.md 5.1): keys from the environment or files, one key per line
+    # Security (docs/design/serving.md 5.1): keys from the environment or files, one key per line
     api_keys: CommaList = []
     api_keys_file: Path | None = None
     admin_keys: CommaList = []
@@ -47,9 +47,9 @@ class Settings(BaseSettings):
     max_frames: int = Field(64, ge=1, le=10_000)
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
 
-    # Stream ingestion (SERVING.md 1)
+    # Stream ingestion (docs/design/serving.md 1)
     ingest: bool = True
-    exit_on_consumer_failure: bool = True  # let the restart policy act (SERVING.md 5.3)
+    exit_on_consumer_failure: bool = True  # let the restart policy act (docs/design/serving.md 5.3)
     furnaces: CommaList = []
     shard_index: int = Field(0, ge=0)
     shard_count: int = Field(1, ge=1, le=1024)

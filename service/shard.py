@@ -1,8 +1,10 @@
 """Furnace ownership across replicas: rendezvous hashing and furnace-id validation.
 
-SERVING.md 2.1: `owner(furnace_id) = argmax over s of blake2b(f"{furnace_id}:{s}")`, stable
+docs/design/serving.md 2.1: `owner(furnace_id) = argmax over s of blake2b(f"{furnace_id}:{s}")`,
+stable
 across processes and Python versions (never the salted built-in `hash()`); growing the fleet
-from N to N+1 shards moves only about 1/(N+1) of the furnaces. SERVING.md 1.1 fixes the id
+from N to N+1 shards moves only about 1/(N+1) of the furnaces. docs/design/serving.md 1.1 fixes the
+id
 pattern, so an id can enter a Redis key without `:` or glob characters.
 """
 
@@ -54,7 +56,7 @@ def shard_weight(furnace_id: str, shard: int) -> bytes:
 
 
 def owner(furnace_id: str, count: int) -> int:
-    """The shard that owns a furnace (highest-random-weight hashing, SERVING.md 2.1).
+    """The shard that owns a furnace (highest-random-weight hashing, docs/design/serving.md 2.1).
 
     Args:
         furnace_id: a furnace id (validated).

@@ -1,4 +1,5 @@
-"""Redis side effects shared by the HTTP API and the stream consumer (SERVING.md 1.4-1.5).
+"""Redis side effects shared by the HTTP API and the stream consumer (docs/design/serving.md
+1.4-1.5).
 
 Every key lives under the configured prefix. A detection is committed idempotently, keyed by
 (furnace, window end): `WATCH furnace:{id}:state` -> skip when window_end <= last_window_end ->
@@ -61,7 +62,7 @@ class Keys:
 
     @property
     def model_desired(self) -> str:
-        """The bundle name every replica should serve (SERVING.md 3.2)."""
+        """The bundle name every replica should serve (docs/design/serving.md 3.2)."""
         return f"{self.prefix}model:desired"
 
     def lease(self, index: int, count: int) -> str:
@@ -99,7 +100,7 @@ def alerting_form(det: Detection) -> Detection:
 
 def read_detection(fields: Mapping[Any, Any]) -> Detection:
     """A detections-stream entry (as XRANGE returns it) back into a `Detection`, so the
-    stream can be replayed through `next_state` (SERVING.md 2.3).
+    stream can be replayed through `next_state` (docs/design/serving.md 2.3).
 
     Raises:
         ValueError: an entry without a parsable `data` field.

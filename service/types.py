@@ -1,7 +1,7 @@
 """Plain data passed between the service's parts: window geometry, assembled windows, health.
 
 Everything here is numpy and the standard library, so the window assembler, the HTTP API,
-the stream consumer and the ONNX engine share one vocabulary (STYLE.md 2).
+the stream consumer and the ONNX engine share one vocabulary (docs/design/style.md 2).
 """
 
 from __future__ import annotations

@@ -49,12 +49,14 @@ F64 = NDArray[np.float64]
 class WindowAssembler:
     """Buffers one furnace's current samples and frames and closes its windows.
 
-    Not thread-safe: one reader task owns it (SERVING.md 1.2). Memory is bounded: entries
+    Not thread-safe: one reader task owns it (docs/design/serving.md 1.2). Memory is bounded:
+    entries
     older than the next window's start minus its baseline (frames: minus the matching
     tolerance) and a margin are dropped, and at most `max_samples` / `max_frames` are kept.
 
     Attributes:
-        late: modality -> entries at or before the last closed window end (SERVING.md 1.2).
+        late: modality -> entries at or before the last closed window end (docs/design/serving.md
+        1.2).
         duplicates: modality -> entries ignored because their timestamp was already buffered.
         dropped: modality -> entries evicted by the `max_samples` / `max_frames` caps.
         skipped_windows: windows closed without data in either modality (never emitted).
@@ -135,7 +137,8 @@ class WindowAssembler:
 
     @last_closed_end.setter
     def last_closed_end(self, end: float) -> None:
-        """Resume after `end` (e.g. the alert state's last applied window, SERVING.md 2.3):
+        """Resume after `end` (e.g. the alert state's last applied window, docs/design/serving.md
+        2.3):
         no window at or before it is emitted. Never moves backwards.
 
         Raises:
@@ -152,7 +155,8 @@ class WindowAssembler:
     @property
     def history_seconds(self) -> float:
         """How far before the next window end a rebuild must read: window, baseline history
-        and margin (SERVING.md 2.3 names only window + grace; the baseline needs more)."""
+        and margin (docs/design/serving.md 2.3 names only window + grace; the baseline needs
+        more)."""
         s = self.spec
         return s.window_seconds + s.lookback_seconds + self._margin
 
@@ -395,7 +399,8 @@ def _baseline(
     rate_hz: float,
 ) -> NDArray[np.float32]:
     """(3,) per-phase nanmedian of the last baseline_s * rate_hz samples in (start - baseline_s,
-    start], as `training.data.windows._baseline` computes it for one window; NaN when none is finite."""
+    start], as `training.data.windows._baseline` computes it for one window; NaN when none is
+    finite."""
     n = int(round(baseline_s * rate_hz))
     if len(t) == 0 or n == 0:
         return np.full(3, np.nan, np.float32)

@@ -1,4 +1,5 @@
-"""Static layers of the shell-camera renderer, built once per furnace (FURNACE.md 3 and 7.4).
+"""Static layers of the shell-camera renderer, built once per furnace (docs/design/furnace.md 3 and
+7.4).
 
 `simulator.camera` combines them per frame. Scene coordinates are 64-px frame pixels (x right,
 y down); every layer is evaluated at the pose-warped position of each output pixel.

@@ -1,6 +1,7 @@
 """Numpy-only renderer of the furnace-shell camera: RGB frames, hot-spot masks and visibility.
 
-Compositing order and appearance follow FURNACE.md 3, 4.1, 5 and 7.4; the per-furnace static
+Compositing order and appearance follow docs/design/furnace.md 3, 4.1, 5 and 7.4; the per-furnace
+static
 layers (shell, rim, flames, pose grid, drifting textures) live in `simulator._render`.
 """
 
@@ -32,7 +33,8 @@ from simulator.scene import SceneState
 
 PROFILES = ("default", "reference", "out_of_range")
 FLICKER_TAU_S = 0.3  # correlation time of flame flicker (independent frames at 2 fps)
-MAX_PARTICLES = 200  # ejecta particles per frame at eruption intensity 1 (FURNACE.md 4.2)
+# ejecta particles per frame at eruption intensity 1 (docs/design/furnace.md 4.2)
+MAX_PARTICLES = 200
 STREAK = ((0.0, 1.0), (0.05, 0.6), (0.1, 0.35))  # (time lag, weight) of each particle streak
 PARTICLE_RGB = np.array([1.0, 0.8, 0.5], dtype=np.float32)
 SMOKE_ALPHA = 0.85  # peak smoke opacity at density 1
@@ -48,7 +50,7 @@ class RenderOutput(NamedTuple):
 
 
 def random_camera_params(rng: np.random.Generator, *, profile: str = "default") -> CameraParams:
-    """Draw one furnace's camera pose, exposure and look (FURNACE.md 7.6).
+    """Draw one furnace's camera pose, exposure and look (docs/design/furnace.md 7.6).
 
     Args:
         rng: the furnace's parameter stream.
@@ -295,7 +297,8 @@ def _render_chunk(
     out: RenderOutput,
     threshold: float,
 ) -> None:
-    """Composite frames sl.start:sl.stop into `out` (FURNACE.md 7.4), channel-first inside."""
+    """Composite frames sl.start:sl.stop into `out` (docs/design/furnace.md 7.4), channel-first
+    inside."""
     lay = plan.layers
     n, px = sl.stop - sl.start, out.frames.shape[1]
     t = scene.t[sl]

@@ -1,6 +1,8 @@
-"""Constants and parameter dataclasses of the furnace simulator (FURNACE.md sections 2, 4-7).
+"""Constants and parameter dataclasses of the furnace simulator (docs/design/furnace.md sections 2,
+4-7).
 
-Every number that FURNACE.md marks as a guess is a field here, so experiments can move it.
+Every number that docs/design/furnace.md marks as a guess is a field here, so experiments can move
+it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ CURRENT_RATE_HZ = 2.0  # PLC packet rate, samples per second per phase
 CLIP_A = 20000.0  # measurement ceiling of the current transducers
 FRAME_PX = 64  # frames are rendered at 64 x 64 RGB
 
-# Evidence strength per condition and modality (FURNACE.md section 4.2).
+# Evidence strength per condition and modality (docs/design/furnace.md section 4.2).
 EVIDENCE: dict[str, dict[str, str]] = {
     "semi_molten": {"current": "weak", "camera": "strong"},
     "overheating": {"current": "moderate", "camera": "weak"},
@@ -34,7 +36,8 @@ EVIDENCE: dict[str, dict[str, str]] = {
     "electrode_breakage": {"current": "strong", "camera": "none"},
 }
 
-# Per-modality health bits (FURNACE.md section 6). A fault never changes the condition label.
+# Per-modality health bits (docs/design/furnace.md section 6). A fault never changes the condition
+# label.
 CURRENT_HEALTH: dict[str, int] = {"nan": 1, "stuck": 2, "clipped": 4, "missing": 8, "skew": 16}
 CAMERA_HEALTH: dict[str, int] = {
     "frozen": 1,
@@ -54,7 +57,7 @@ FAULT_MODALITY: dict[str, str] = {
     "disconnected": "camera",
 }
 
-# Reference statistics of the public 30-minute production log (FURNACE.md section 2.1),
+# Reference statistics of the public 30-minute production log (docs/design/furnace.md section 2.1),
 # averaged over the three phases where the table gives one figure per phase.
 LOG_REFERENCE: dict[str, float] = {
     "mean_a": (15264 + 15257 + 15251) / 3,
@@ -83,7 +86,8 @@ GENERATOR_SHARES: tuple[float, ...] = (0.04, 0.54, 0.25, 0.12, 0.05)
 
 @dataclass(frozen=True)
 class SimConfig:
-    """What one simulated run looks like. Fields are FURNACE.md defaults unless noted."""
+    """What one simulated run looks like. Fields are docs/design/furnace.md defaults unless
+    noted."""
 
     minutes: float = 30.0  # episode length
     camera_fps: float = 2.0  # 2 matches the service, 25 mimics the benchmark
@@ -95,7 +99,8 @@ class SimConfig:
     faults: bool = True  # draw sensor-fault events (applied on read or replay)
     fault_rate_per_h: float = 2.0
     mist_visibility_threshold: float = 0.25  # hot-spot contrast after mist counted as visible
-    # Multiplier of each condition's signature per modality (FURNACE.md 4.2 evidence_gain).
+    # Multiplier of each condition's signature per modality (docs/design/furnace.md 4.2
+    # evidence_gain).
     evidence_gain: tuple[tuple[str, str, float], ...] = ()
     # Force the condition of every event-holding episode (None: draw uniformly).
     condition: str | None = None
@@ -128,7 +133,7 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class CameraParams:
-    """Per-furnace camera pose, exposure and scene look (FURNACE.md 7.6)."""
+    """Per-furnace camera pose, exposure and scene look (docs/design/furnace.md 7.6)."""
 
     shift_px: tuple[float, float] = (0.0, 0.0)  # (dx, dy) in output pixels
     scale: float = 1.0
@@ -148,7 +153,7 @@ class CameraParams:
 
 @dataclass(frozen=True)
 class FurnaceParams:
-    """Per-furnace electrical parameters (FURNACE.md 2.2 and 7.6)."""
+    """Per-furnace electrical parameters (docs/design/furnace.md 2.2 and 7.6)."""
 
     furnace_id: str
     setpoint_a: float = 15000.0

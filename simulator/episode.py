@@ -1,6 +1,7 @@
 """One furnace episode: domain-randomised parameters, events, current and camera from one state.
 
-Random streams follow FURNACE.md 7.7: SeedSequence(master) -> furnace -> episode -> independent
+Random streams follow docs/design/furnace.md 7.7: SeedSequence(master) -> furnace -> episode ->
+independent
 children for events, current, camera and faults, so changing the renderer never moves the
 currents and the same seed gives byte-identical arrays.
 """
@@ -43,7 +44,7 @@ EPOCH_2026 = 1767225600  # 2026-01-01T00:00:00Z; episodes start at whole seconds
 def random_furnace_params(
     furnace_id: str, rng: np.random.Generator, *, profile: str = "default"
 ) -> FurnaceParams:
-    """Draw one furnace's electrical and camera parameters (FURNACE.md 7.6).
+    """Draw one furnace's electrical and camera parameters (docs/design/furnace.md 7.6).
 
     Profiles: `default` draws the training ranges; `reference` pins the setpoint and the
     fluctuation level to the public log's (14.6-15.3 kA, 10-12 %) so its statistics compare

@@ -1,6 +1,7 @@
 """Condition events and process nuisances of one episode, and their severity curves.
 
-Conditions follow FURNACE.md 4.2 (timing and per-event randomisation); nuisances follow 5.
+Conditions follow docs/design/furnace.md 4.2 (timing and per-event randomisation); nuisances follow
+5.
 Events are drawn from their own random stream, so renderer changes never move them.
 """
 
@@ -58,7 +59,8 @@ class ConditionEvent:
 
 @dataclass(frozen=True)
 class Nuisance:
-    """A normal-labelled process event that resembles part of a condition (FURNACE.md 5)."""
+    """A normal-labelled process event that resembles part of a condition (docs/design/furnace.md
+    5)."""
 
     kind: str  # power_cut | feeding | setpoint_step | venting | mist
     start_s: float

@@ -1,6 +1,7 @@
 """Sensor faults: drawn per episode, stored as events, applied deterministically on read/replay.
 
-FURNACE.md 6. A fault sets a per-modality health bit and never changes the condition label;
+docs/design/furnace.md 6. A fault sets a per-modality health bit and never changes the condition
+label;
 observations are stored clean so one episode serves both clean training and fault tests.
 """
 
@@ -14,7 +15,7 @@ from numpy.typing import NDArray
 from simulator.config import CAMERA_HEALTH, CLIP_A, CURRENT_HEALTH, FAULT_MODALITY
 from simulator.types import Episode, FaultEvent
 
-# Duration range (s) per fault kind, drawn log-uniformly (FURNACE.md 6).
+# Duration range (s) per fault kind, drawn log-uniformly (docs/design/furnace.md 6).
 _DURATION_S: dict[str, tuple[float, float]] = {
     "frozen": (5.0, 600.0),
     "black": (5.0, 300.0),

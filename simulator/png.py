@@ -3,7 +3,8 @@
 Writes 8-bit RGB, no interlace, filter type 0 (None) on every row, one IDAT chunk: the
 smallest subset of the PNG specification (W3C, "Portable Network Graphics (PNG)
 Specification", sections 5 and 11) that any decoder reads. The simulator may not import an
-image library (ARCHITECTURE.md "Layout"), and frames are only 64 x 64, so compression ratio
+image library (docs/design/architecture.md "Layout"), and frames are only 64 x 64, so compression
+ratio
 matters less than having no dependency.
 """
 

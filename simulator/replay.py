@@ -3,7 +3,7 @@
 Each furnace's episode is simulated up front (`scenario.simulate_scenario`), its sensor faults
 applied exactly as `faults.apply_faults` gives the observed streams, and the entries are XADDed
 in sensor-time order, paced against the wall clock. Stream format: docs/simulator.md, "Live
-replay into Redis"; keys and trimming: SERVING.md 1.1 and 1.6.
+replay into Redis"; keys and trimming: docs/design/serving.md 1.1 and 1.6.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from simulator.types import Episode
 
 logger = logging.getLogger(__name__)
 
-CURRENT_MAXLEN = 7200  # one hour at 2 Hz (SERVING.md 1.6)
+CURRENT_MAXLEN = 7200  # one hour at 2 Hz (docs/design/serving.md 1.6)
 CAMERA_MAXLEN = 1200  # ten minutes at 2 fps: frames dominate memory
 _TICK_S = 0.05  # longest sleep between two checks of the clock, the stop event and the limit
 _CURRENT, _CAMERA = 0, 1  # modality codes in the timeline

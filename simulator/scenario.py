@@ -25,8 +25,9 @@ from simulator.episode import episode_seeds, random_furnace_params, simulate_epi
 from simulator.events import ConditionEvent, _draw_condition
 from simulator.types import Episode, FaultEvent
 
-FURNACE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # SERVING.md 1.1
-LEAD_IN_S = 120.0  # FURNACE.md 7.8: every episode opens with >= 2 min of normal (baselines)
+FURNACE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # docs/design/serving.md 1.1
+# docs/design/furnace.md 7.8: every episode opens with >= 2 min of normal (baselines)
+LEAD_IN_S = 120.0
 FAULT_KINDS: tuple[str, ...] = (*FAULT_MODALITY, "skew")
 _CONDITION_SPAWN = 1 << 20  # spawn-key slot of the scenario's own condition-parameter draws
 _KEYS = {
@@ -329,7 +330,7 @@ def _validate_conditions(conds: Sequence[ConditionSpec], where: str, duration_s:
         if c.start_s < LEAD_IN_S:
             msg = (
                 f"{at}: start_s must be >= {LEAD_IN_S:g} s, the normal lead-in every episode "
-                "opens with so baselines exist (FURNACE.md); move the condition later"
+                "opens with so baselines exist (docs/design/furnace.md); move the condition later"
             )
             raise ValueError(msg)
         if c.start_s >= duration_s:

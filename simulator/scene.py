@@ -2,7 +2,7 @@
 
 `simulator.episode` builds a `SceneState` from the 2 Hz latent state; `simulator.camera`
 turns it into frames. Nothing in here depends on how the current is synthesised, so changing
-the renderer never changes the currents (FURNACE.md 7.7).
+the renderer never changes the currents (docs/design/furnace.md 7.7).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ F64 = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class HotSpot:
-    """One growing irregular hot spot on the shell (semi_molten, FURNACE.md 4.2 and 7.4).
+    """One growing irregular hot spot on the shell (semi_molten, docs/design/furnace.md 4.2 and
+    7.4).
 
     Position is in shell coordinates: u in [0, 1] across the visible shell width, v in [0, 1]
     from the top of the shell (below the rim) to the bottom of the frame.

@@ -1,6 +1,7 @@
 """Statistics of simulated current, compared figure by figure with the public production log.
 
-FURNACE.md 2.1 gives the reference figures and 7.9 the acceptance ranges. Statistics are taken
+docs/design/furnace.md 2.1 gives the reference figures and 7.9 the acceptance ranges. Statistics
+are taken
 on normal stretches with the power on (conditions, cuts and their ramps excluded).
 """
 
@@ -18,7 +19,8 @@ from simulator.types import Episode
 F64 = NDArray[np.float64]
 SEGMENT = 512  # samples per spectral / autocorrelation segment (256 s at 2 Hz)
 
-# (key, label, tolerance as relative error) of the comparison table; FURNACE.md 2.1 figures.
+# (key, label, tolerance as relative error) of the comparison table; docs/design/furnace.md 2.1
+# figures.
 TABLE_ROWS: tuple[tuple[str, str], ...] = (
     ("mean_a", "per-phase mean [A]"),
     ("mean_over_setpoint", "mean / setpoint"),

@@ -1,4 +1,4 @@
-"""Package boundaries (ARCHITECTURE.md "Layout"): the simulator is numpy-only and never
+"""Package boundaries (docs/design/architecture.md "Layout"): the simulator is numpy-only and never
 reaches model/ or training/; proven in a fresh interpreter, since this one has torch loaded."""
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from model.config import CMGConfig, CodebookConfig, EncoderConfig
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Pre-training, head training, selection and calibration (CMG.md sections 6 and 7)."""
+    """Pre-training, head training, selection and calibration (docs/design/cmg.md sections 6 and
+    7)."""
 
     seed: int = 0
     steps: int = 2000  # pre-training steps
@@ -32,7 +33,7 @@ class TrainConfig:
     head_lr: float = 1e-3
     head_batch: int = 256
     target_far: float = 0.01  # false-alarm rate the thresholds are calibrated for
-    # Windows (CMG.md section 2); the bundle manifest records them for the service.
+    # Windows (docs/design/cmg.md section 2); the bundle manifest records them for the service.
     window_s: float = 16.0
     hop_s: float = 2.0
     baseline_s: float = 120.0

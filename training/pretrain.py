@@ -1,8 +1,9 @@
-"""Label-free CMG pre-training on paired windows (CMG.md section 4), with checkpoints and the
-diagnostics of CMG.md section 9 on a fixed set of validation windows.
+"""Label-free CMG pre-training on paired windows (docs/design/cmg.md section 4), with checkpoints
+and the
+diagnostics of docs/design/cmg.md section 9 on a fixed set of validation windows.
 
 Batches are drawn uniformly over all paired training windows, so every batch mixes episodes
-and furnaces (CMG.md 10.8); labels never reach this module (CMG.md 10.6).
+and furnaces (docs/design/cmg.md 10.8); labels never reach this module (docs/design/cmg.md 10.6).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def diagnostics(
         hc, hv = np.bincount(cc, minlength=k), np.bincount(cv, minlength=k)
         active = (hc + hv) > 0
         share = np.minimum(hc, hv) / np.maximum(hc + hv, 1)
-        # Shared code: each modality accounts for >= 20 % of its uses (CMG.md 9).
+        # Shared code: each modality accounts for >= 20 % of its uses (docs/design/cmg.md 9).
         result["shared_code_fraction"] = (
             float((share[active] >= 0.2).mean()) if active.any() else 0.0
         )
@@ -150,7 +151,7 @@ def pretrain(
     model.set_camera_stats(*camera_stats(train, seed=tc.seed))
     model.to(device)
     model.train()
-    with torch.no_grad():  # data-initialised codebook (CMG.md 5 #13)
+    with torch.no_grad():  # data-initialised codebook (docs/design/cmg.md 5 #13)
         init = rng.choice(len(train), size=min(len(train), 4 * tc.batch), replace=False)
         x_c, base, x_v = _batch(train, np.sort(init), device)
         model.init_codebook_from(model.encode("current", x_c, base), model.encode("camera", x_v))

@@ -1,5 +1,5 @@
 """`furnace train`: pre-train CMG without labels, select a checkpoint and train heads on the
-source modality's labels only, calibrate thresholds, save the run (CMG.md section 7).
+source modality's labels only, calibrate thresholds, save the run (docs/design/cmg.md section 7).
 
 A run folder holds `checkpoint.pt` (configs, model and head weights, thresholds, selection
 history) and `train_log.json` (the same minus weights, for people and tools).

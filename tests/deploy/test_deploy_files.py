@@ -188,7 +188,7 @@ def test_dashboard_and_rules_use_only_registered_metrics() -> None:
         assert names, expr
         assert names <= known, f"unknown metric(s) {names - known} in: {expr}"
         used |= names
-    # Each series of SERVING.md 4.1 is on the dashboard or in an alert.
+    # Each series of docs/design/serving.md 4.1 is on the dashboard or in an alert.
     families = {name.removesuffix("_total") for name in used} | {
         re.sub(r"_(bucket|sum|count)$", "", name) for name in used
     }

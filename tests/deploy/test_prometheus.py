@@ -1,6 +1,7 @@
 """A real Prometheus scrapes the real service's /metrics and runs every dashboard expression.
 
-Debian's `prometheus` (2.42, the version floor in SERVING.md) listens on a free loopback port
+Debian's `prometheus` (2.42, the version floor in docs/design/serving.md) listens on a free
+loopback port
 with a temporary storage folder, scrapes `scrape_target` every second and loads
 deploy/prometheus/rules.yml. `scrape_target` is the real app (`service.main.create_app`)
 served by uvicorn on a free loopback port, with its own Redis key prefix and real traffic: a

@@ -1,7 +1,7 @@
 """Small synthetic episodes and an FMF-Benchmark V2 fixture laid out like the real download.
 
 `write_real_fmf_fixture` does not use `training.data.fmf`: it writes what h5py and pandas see in the
-published data (FURNACE.md 8.1), so the reader is tested against an independent writer.
+published data (docs/design/furnace.md 8.1), so the reader is tested against an independent writer.
 """
 
 from __future__ import annotations

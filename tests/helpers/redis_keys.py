@@ -6,7 +6,7 @@ import redis
 
 
 def delete_prefix(redis_url: str, prefix: str) -> None:
-    """SCAN MATCH prefix* + UNLINK in chunks; never FLUSHALL (STYLE.md 6)."""
+    """SCAN MATCH prefix* + UNLINK in chunks; never FLUSHALL (docs/design/style.md 6)."""
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))

@@ -56,7 +56,8 @@ def write_easy_data(root: Path) -> dict[str, Path]:
     return out
 
 
-# Easy data for zero-shot transfer (FURNACE.md 4.2: with every evidence gain high, cross-modal
+# Easy data for zero-shot transfer (docs/design/furnace.md 4.2: with every evidence gain high,
+# cross-modal
 # transfer must work): the two conditions with at least moderate evidence in both modalities,
 # each once per furnace at gain 4 in both, long enough to give many windows; no sensor faults.
 TRANSFER_CONDITIONS = ("eruption", "abnormal_exhaust")

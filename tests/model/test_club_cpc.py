@@ -1,4 +1,4 @@
-"""CLUB estimator and Cross-CPC on toy data (CMG.md 4.6, 4.7)."""
+"""CLUB estimator and Cross-CPC on toy data (docs/design/cmg.md 4.6, 4.7)."""
 
 from __future__ import annotations
 

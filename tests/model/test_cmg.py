@@ -1,4 +1,5 @@
-"""The CMG training step: losses, gradients, ablations, determinism, state (CMG.md 4, 9)."""
+"""The CMG training step: losses, gradients, ablations, determinism, state (docs/design/cmg.md 4,
+9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Codebook invariants: lookup, EMA and MM-EMA, dead-code reset, data init (CMG.md 4.2, 4.4)."""
+"""Codebook invariants: lookup, EMA and MM-EMA, dead-code reset, data init (docs/design/cmg.md 4.2,
+4.4)."""
 
 from __future__ import annotations
 

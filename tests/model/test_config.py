@@ -1,4 +1,4 @@
-"""Config validation and round trips (CMG.md 6, 10.1, 11)."""
+"""Config validation and round trips (docs/design/cmg.md 6, 10.1, 11)."""
 
 from __future__ import annotations
 

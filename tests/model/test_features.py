@@ -1,4 +1,4 @@
-"""In-graph input features (CMG.md 2)."""
+"""In-graph input features (docs/design/cmg.md 2)."""
 
 from __future__ import annotations
 

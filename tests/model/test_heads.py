@@ -1,4 +1,4 @@
-"""Detector head and score convention (CMG.md 3 "head", 7)."""
+"""Detector head and score convention (docs/design/cmg.md 3 "head", 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Per-modality scorer: consistency with CMG + head, and ONNX export parity (CMG.md 4)."""
+"""Per-modality scorer: consistency with CMG + head, and ONNX export parity (docs/design/cmg.md
+4)."""
 
 from __future__ import annotations
 

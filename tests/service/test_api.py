@@ -1,4 +1,5 @@
-"""The HTTP API on the real app: lifespan, a real bundle, a real Redis (SERVING.md 5, STYLE.md 6).
+"""The HTTP API on the real app: lifespan, a real bundle, a real Redis (docs/design/serving.md 5,
+docs/design/style.md 6).
 
 One app serves the module (its own key prefix; tests keep apart by furnace id); tests that
 need other settings (a closed Redis port, bundles under a models folder) build their own.

@@ -4,13 +4,15 @@
 What the test asserts is what the service guarantees whatever the model: one detection per
 window end, decisions that follow the bundle's thresholds, and alert episodes that follow the
 k-of-n / m-clean hysteresis exactly -- replaying the detections stream through
-`alerting.next_state` reproduces the `alerts` stream event for event (SERVING.md 1.5, 2.3).
+`alerting.next_state` reproduces the `alerts` stream event for event (docs/design/serving.md 1.5,
+2.3).
 
 How well the model detects the scheduled conditions depends on the bundle: the test measures
 it (alert delay per scheduled condition, episodes opened outside any condition) and prints a
 summary (`pytest -s`; docs/service.md quotes it). For the shipped default bundle it also gates
 on the issue's goal: every scheduled condition alerted within its expected delay
-(`EXPECTED_DELAY_S`, from the onset dynamics of FURNACE.md 4.2) and no alert episode in a
+(`EXPECTED_DELAY_S`, from the onset dynamics of docs/design/furnace.md 4.2) and no alert episode in
+a
 normal stretch. The replay and ONNX Runtime on the CPU are deterministic, so a failure means
 a worse bundle, not chance.
 """

@@ -1,5 +1,5 @@
 """Fleet behaviour of one or more replicas: reloads that follow `model:desired`, and HTTP
-back-pressure (SERVING.md 1.7, 3.2). Real Redis, real bundles, real ONNX Runtime."""
+back-pressure (docs/design/serving.md 1.7, 3.2). Real Redis, real bundles, real ONNX Runtime."""
 
 from __future__ import annotations
 

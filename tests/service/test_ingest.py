@@ -1,4 +1,5 @@
-"""Stream ingestion against the real Redis (SERVING.md 1-2): consumer group reads, windows on
+"""Stream ingestion against the real Redis (docs/design/serving.md 1-2): consumer group reads,
+windows on
 the hop grid, dead letters, XAUTOCLAIM recovery, a killed consumer, shard ownership.
 
 The plant is `simulator.replay.Replay` at speed 0 with a fixed t0, published once per module
@@ -170,7 +171,7 @@ def test_replayed_streams_give_one_detection_per_window_end(
             assert d["decided_by"] == "current"
             assert d["modalities"] == ["current"]
     assert any(d["health"]["camera"] == "stale" for d in after)
-    # The stream series of SERVING.md 4.1 appear once streams are read.
+    # The stream series of docs/design/serving.md 4.1 appear once streams are read.
     for name in (
         "furnace_stream_pending_entries",
         "furnace_modality_up",
@@ -599,7 +600,8 @@ def test_an_http_window_off_the_hop_grid_does_not_stop_the_stream_path(
 def test_a_backlog_whose_frames_were_trimmed_is_scored_on_current_alone(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
 ) -> None:
-    """SERVING.md 1.6: after an outage the camera stream (kept for minutes) holds only the
+    """docs/design/serving.md 1.6: after an outage the camera stream (kept for minutes) holds only
+    the
     last frames while the current (kept for an hour) holds it all. Reading both in batches,
     the frames run far ahead of the current; no window may close before its current is read."""
     start, seconds, frames_from = T0 + 1600.0, 300.0, 240.0

@@ -1,4 +1,5 @@
-"""The Metrics object exposes exactly the series SERVING.md 4.1 names, in its own registry."""
+"""The Metrics object exposes exactly the series docs/design/serving.md 4.1 names, in its own
+registry."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import OTHER_FURNACE, Metrics
 
-# SERVING.md 4.1: exposed family name -> (type, label names).
+# docs/design/serving.md 4.1: exposed family name -> (type, label names).
 SERIES: dict[str, tuple[str, frozenset[str]]] = {
     "furnace_model_info": ("gauge", frozenset({"model_version", "bundle_sha256", "provider"})),
     "furnace_windows_scored": ("counter", frozenset({"source", "modalities"})),

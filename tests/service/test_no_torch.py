@@ -1,4 +1,4 @@
-"""The service never imports torch (ARCHITECTURE.md "Layout"): importing `service.main`,
+"""The service never imports torch (docs/design/architecture.md "Layout"): importing `service.main`,
 building the app, running its lifespan and scoring a window over HTTP leaves torch out of
 `sys.modules`. Checked in a fresh interpreter, since this test process has torch loaded."""
 

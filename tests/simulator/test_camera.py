@@ -1,4 +1,4 @@
-"""Invariants of the shell-camera renderer (FURNACE.md 7.4, 7.6, 7.7)."""
+"""Invariants of the shell-camera renderer (docs/design/furnace.md 7.4, 7.6, 7.7)."""
 
 from __future__ import annotations
 

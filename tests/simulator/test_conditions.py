@@ -1,4 +1,5 @@
-"""Each condition is separable where FURNACE.md rates its evidence strong, and not trivially
+"""Each condition is separable where docs/design/furnace.md rates its evidence strong, and not
+trivially
 separable where it is weak or none (a simple window feature + threshold, scored by AUROC)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`training.export`: ONNX graphs with normalisation inside, dynamic batch, ORT == torch on
-held-out windows, a manifest that records what the service needs (SERVING.md 3.3)."""
+held-out windows, a manifest that records what the service needs (docs/design/serving.md 3.3)."""
 
 from __future__ import annotations
 

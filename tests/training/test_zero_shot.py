@@ -1,4 +1,5 @@
-"""Zero-shot transfer on easy simulated data (FURNACE.md 4.2, CMG.md 7.6): a tiny config trains
+"""Zero-shot transfer on easy simulated data (docs/design/furnace.md 4.2, docs/design/cmg.md 7.6):
+a tiny config trains
 end to end in under a minute on one thread, and its head, trained on current labels only, names
 the conditions on camera windows of unseen furnaces better than chance, through shared codes.
 

@@ -1,8 +1,9 @@
 """FMF-Benchmark V2 "pixel-level" layout: write simulator episodes to it, read it back.
 
-FURNACE.md 8 (layout, time mapping, splits). The FMF files hold the clean observations; the
+docs/design/furnace.md 8 (layout, time mapping, splits). The FMF files hold the clean observations;
+the
 `sentinel/` extension keeps what the public format lacks (classes, severity, faults), and faults
-are applied on read (FURNACE.md 6). `read_fmf` also reads the real download.
+are applied on read (docs/design/furnace.md 6). `read_fmf` also reads the real download.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def _read_one(
     meta = _load_json(side.with_suffix(".json"))
     t0 = float(meta["start_epoch"]) if meta else float(min(cur_sec[0], frame_sec[0]))
     a = dict(np.load(side)) if meta else {}
-    a.setdefault("t_cur", _spread_seconds(cur_sec, 2) - t0)  # FURNACE.md 8.4 step 1
+    a.setdefault("t_cur", _spread_seconds(cur_sec, 2) - t0)  # docs/design/furnace.md 8.4 step 1
     a.setdefault("t_frame", _spread_seconds(frame_sec, 1) - t0)
     if len(a["t_cur"]) != len(cur_sec) or len(a["t_frame"]) != len(frame_sec):
         msg = f"sentinel/{name}.npz does not match its CSVs: rewrite the dataset"
@@ -160,7 +161,7 @@ def _read_one(
     rec.health_cur = np.zeros(len(rec.t_cur), np.uint8)
     rec.health_frame = np.zeros(len(sel), np.uint8)
     rec.events, rec.furnace_id = meta["events"], meta["furnace_id"]
-    if faulted:  # the faulted view at the subsampled frame rate (FURNACE.md 6)
+    if faulted:  # the faulted view at the subsampled frame rate (docs/design/furnace.md 6)
         from simulator.faults import apply_faults as apply
 
         a |= {"current": current, "frames": np.asarray(frames), "mask": mask}
@@ -260,7 +261,7 @@ def _video(
 
 
 def _any_pixel(block: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """(B, ...) -> (B,) 1 where any element is non-zero (FURNACE.md 8.1 frame label)."""
+    """(B, ...) -> (B,) 1 where any element is non-zero (docs/design/furnace.md 8.1 frame label)."""
     return (block.reshape(len(block), -1).max(axis=1, initial=0) > 0).astype(np.uint8)
 
 

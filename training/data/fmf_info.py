@@ -40,7 +40,7 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
             cond = root / "sentinel" / "conditions" / f"{name}.csv"
             if cond.exists():
                 label_s.update(pd.read_csv(cond)["condition"].tolist())
-            else:  # a second is abnormal if any of its frames is (FURNACE.md 8.3)
+            else:  # a second is abnormal if any of its frames is (docs/design/furnace.md 8.3)
                 ab = _rows(f["label"], np.arange(n_frames), _any_pixel).astype(bool)
                 m = min(n_frames, len(frame_sec))
                 bad = np.unique(frame_sec[:m][ab[:m]])

@@ -1,4 +1,5 @@
-"""Write simulator episodes into the FMF-Benchmark V2 "pixel-level" layout (FURNACE.md 8.1).
+"""Write simulator episodes into the FMF-Benchmark V2 "pixel-level" layout (docs/design/furnace.md
+8.1).
 
 MATLAB v7.3 videos (HDF5 with a MATLAB userblock), current and timestamp CSVs, split JSONs, and
 the `sentinel/` extension for what the public format lacks.

@@ -1,5 +1,6 @@
 """Train / validation splits that never leak: by furnace for simulated data, by contiguous time
-blocks with a guard band for an FMF-Benchmark download (CMG.md 7.1, FURNACE.md 8.4)."""
+blocks with a guard band for an FMF-Benchmark download (docs/design/cmg.md 7.1,
+docs/design/furnace.md 8.4)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class SplitData:
 
 
 def paired_mask(w: Windows) -> NDArray[np.bool_]:
-    """Windows usable for pre-training: both modalities complete, no clock skew (CMG.md 2)."""
+    """Windows usable for pre-training: both modalities complete, no clock skew (docs/design/cmg.md
+    2)."""
     skew = ((w.health_cur & CURRENT_HEALTH["skew"]) > 0) | (
         (w.health_cam & CAMERA_HEALTH["skew"]) > 0
     )

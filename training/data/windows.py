@@ -1,7 +1,8 @@
-"""Model windows from recordings: 16-s windows of T segments on a 2-s hop (CMG.md section 2).
+"""Model windows from recordings: 16-s windows of T segments on a 2-s hop (docs/design/cmg.md
+section 2).
 
 Causal: a window covers (t_end - window_s, t_end], its label is the condition at t_end and its
-baseline the per-phase median of the `baseline_s` before it (FURNACE.md 8.4). With
+baseline the per-phase median of the `baseline_s` before it (docs/design/furnace.md 8.4). With
 `long_baseline_s` > 0 [ours] a second, slower per-phase median follows it: over the up to
 `long_baseline_s` before the window (all the history there is, early in a recording), so slow
 build-ups that a 120-s median follows stay visible (docs/method.md deviation 13). Camera frames
@@ -88,7 +89,8 @@ def make_windows(
     camera_fps: float = 2.0,
     split: str | None = None,
 ) -> Windows:
-    """Cut one recording into causal windows (CMG.md section 2, FURNACE.md 8.4).
+    """Cut one recording into causal windows (docs/design/cmg.md section 2, docs/design/furnace.md
+    8.4).
 
     Window ends lie on multiples of `hop_s`. Windows without `baseline_s` of current history
     are skipped; with `split`, so is every window with a frame of another split inside it.
@@ -281,7 +283,7 @@ def load_windows(
     Args:
         root: dataset folder or its `pixel-level/` folder.
         split: "train", "test", "guard" or None (all windows).
-        camera_fps: frame rate read and matched (FURNACE.md 8.4: 2 fps).
+        camera_fps: frame rate read and matched (docs/design/furnace.md 8.4: 2 fps).
         apply_faults: read the faulted view of simulated data.
         cache: cache the frame subsample (see `read_fmf`).
         **kw: further `make_windows` arguments (window_s, segments, hop_s, ...).

@@ -6,7 +6,7 @@ zero_shot_camera_to_current; `ablation_<what>_<setting>` for ablation runs given
 Zero-shot rows apply a label-free target threshold, matched to the source threshold's alarm share
 on paired validation windows (`training.decision.zero_shot_thresholds`, docs/method.md
 deviation 14); `ablation_source_threshold_zero_shot_<src>_to_<dst>` keep the source modality's
-threshold unchanged (CMG.md 7.6).
+threshold unchanged (docs/design/cmg.md 7.6).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def per_class_auroc(
     """Per condition: AUROC of p(condition) on that condition's windows against normal ones.
 
     Unlike `auroc` (1 - p(normal) over every abnormal class) it is not capped by the
-    conditions a modality cannot see (electrode breakage on the camera, FURNACE.md 4.2).
+    conditions a modality cannot see (electrode breakage on the camera, docs/design/furnace.md 4.2).
     NaN where the condition or normal windows are absent.
     """
     out = {}

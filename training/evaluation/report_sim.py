@@ -29,7 +29,7 @@ from simulator.types import Episode, FaultEvent  # noqa: E402
 STATS_FURNACES = 96  # furnace-hours behind the statistics table (the clip share needs many)
 PHASE_COLOURS = ("#d62728", "#2ca02c", "#1f77b4")
 
-# FURNACE.md 7.9 acceptance ranges (normal segments, per phase).
+# docs/design/furnace.md 7.9 acceptance ranges (normal segments, per phase).
 ACCEPTANCE: tuple[tuple[str, str, float, float], ...] = (
     ("mean_over_setpoint", "mean / setpoint", 0.98, 1.02),
     ("std_over_setpoint", "std / setpoint", 0.09, 0.15),
@@ -261,7 +261,7 @@ img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
 Classes: {", ".join(CLASS_NAMES)}.</p>
 <h2>Current statistics against the production log</h2>
 <p>{figures["hours"]:.1f} furnace-hours of normal operation ({STATS_FURNACES} log-matched
-furnaces, <code>profile=reference</code>: setpoint 14.6-15.3 kA) against FURNACE.md 2.1.
+furnaces, <code>profile=reference</code>: setpoint 14.6-15.3 kA) against docs/design/furnace.md 2.1.
 Pass: within
 &plusmn;25 % of the reference figure, averaged over furnaces and phases.</p>
 {
@@ -276,7 +276,7 @@ Pass: within
             ],
         )
     }
-<h3>Acceptance ranges (FURNACE.md 7.9)</h3>
+<h3>Acceptance ranges (docs/design/furnace.md 7.9)</h3>
 {
         _table(
             acceptance,

@@ -2,7 +2,7 @@
 
 `service/bundle.py` owns the format (reader + verifier); training never imports service/, so
 the two constants below are repeated there, and tests/contract/ checks that a bundle written
-here is accepted there (STYLE.md 1).
+here is accepted there (docs/design/style.md 1).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""`furnace export`: a trained run -> a verified model bundle the service loads (ARCHITECTURE.md
-"Model bundle", SERVING.md 3.3).
+"""`furnace export`: a trained run -> a verified model bundle the service loads
+(docs/design/architecture.md
+"Model bundle", docs/design/serving.md 3.3).
 
 One ONNX graph per modality wraps `model.scorer.ModalityScorer`: raw window in (current in
 amperes with its per-phase baseline, or uint8 64x64 RGB frames), normalisation inside the
@@ -9,7 +10,8 @@ outputs for a few held-out windows, so the service can check a new session befor
 and `manifest.json` (training/export/bundle.py).
 
 We export with the `torch.export`-based exporter (`dynamo=True`, `dynamic_shapes` with a
-batch Dim, example batch >= 2), as SERVING.md 3.3 recommends; docs/export.md has the measured
+batch Dim, example batch >= 2), as docs/design/serving.md 3.3 recommends; docs/export.md has the
+measured
 comparison with the TorchScript exporter.
 """
 
@@ -45,7 +47,7 @@ USAGE_WINDOWS = 4000  # per modality, training windows for the code-usage histog
 
 
 class Parity(NamedTuple):
-    """ONNX Runtime vs torch on the same windows (SERVING.md 3.3)."""
+    """ONNX Runtime vs torch on the same windows (docs/design/serving.md 3.3)."""
 
     windows: int
     code_agreement: float  # fraction of (window, segment) codes equal
