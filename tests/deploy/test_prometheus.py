@@ -37,10 +37,10 @@ from service.bundle import read_manifest
 from service.main import create_app
 from service.metrics import Metrics
 from tests.deploy.test_deploy_files import RULES_YML, dashboard_exprs, rules
-from tests.service.conftest import (
+from tests.helpers.redis_keys import delete_prefix
+from tests.helpers.service import (
     T0,
     WRITE_KEY,
-    delete_prefix,
     make_settings,
     publish_synthetic,
     resolve_bundle,

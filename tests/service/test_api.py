@@ -26,7 +26,7 @@ from service.bundle import Manifest
 from service.main import create_app
 from service.types import WindowSpec
 from tests.helpers.decisions import check_decision
-from tests.service.conftest import (
+from tests.helpers.service import (
     ADMIN,
     T0,
     WRITE,

@@ -39,7 +39,8 @@ from service.types import WindowSpec
 from simulator.replay import ConditionWindow, Replay
 from simulator.scenario import ConditionSpec, FurnaceSpec, Scenario
 from tests.helpers.decisions import check_decision
-from tests.service.conftest import REPO, T0, delete_prefix, hop_grid, make_settings, wait_for
+from tests.helpers.redis_keys import delete_prefix
+from tests.helpers.service import REPO, T0, hop_grid, make_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

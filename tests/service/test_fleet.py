@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.types import WindowSpec
-from tests.service.conftest import (
+from tests.helpers.service import (
     ADMIN,
     T0,
     WRITE,

@@ -33,12 +33,12 @@ from service.store import GROUP
 from service.types import WindowSpec
 from simulator.replay import Replay
 from simulator.scenario import ConditionSpec, FurnaceSpec, Scenario, stream_down
-from tests.service.conftest import (
+from tests.helpers.redis_keys import delete_prefix
+from tests.helpers.service import (
     REPO,
     T0,
     WRITE,
     WRITE_KEY,
-    delete_prefix,
     detections,
     free_port,
     hop_grid,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import REPO
+from tests.helpers.service import REPO
 
 CHILD = """
 import json, sys
@@ -19,7 +19,7 @@ from pathlib import Path
 import service.main
 from fastapi.testclient import TestClient
 from service.settings import Settings
-from tests.service.conftest import T0, window_body
+from tests.helpers.service import T0, window_body
 from service.bundle import read_manifest
 
 bundle = Path(sys.argv[1])
