@@ -49,7 +49,6 @@ def main() -> int:
     torch.set_num_threads(1)
     _, model, heads, _ = load_run(args.run)
     engine = Engine(args.bundle, intra_op_threads=1)
-    head = heads[engine.manifest.head]
     recs = load_recordings(args.data)[:3]
     w = windows_of(recs, window_s=16.0, hop_s=2.0, baseline_s=120.0)
     print(
@@ -58,7 +57,7 @@ def main() -> int:
     )
     print(f"{'modality':8s} {'batch':>5s} {'torch ms':>9s} {'ORT ms':>8s} {'ratio':>6s}")
     for m in ("current", "camera"):
-        scorer = ModalityScorer(model, head, m)
+        scorer = ModalityScorer(model, heads[engine.manifest.heads[m]], m)
         index = np.flatnonzero(valid_for(w, m))
         session = engine.sessions[m]
         for batch in (1, 64):

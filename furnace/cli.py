@@ -186,8 +186,14 @@ def _export(args: argparse.Namespace) -> int:
     from service.bundle import verify_bundle
     from training.export import export_bundle
 
+    per_modality = {"current": args.head_current, "camera": args.head_camera}
     path = export_bundle(
-        args.run, args.out, data_dir=args.data, head=args.head, metrics_path=args.metrics
+        args.run,
+        args.out,
+        data_dir=args.data,
+        head=args.head,
+        heads={m: h for m, h in per_modality.items() if h is not None},
+        metrics_path=args.metrics,
     )
     manifest = verify_bundle(path.parent)  # the service's own reader must accept it
     raw = json.loads(path.read_text())
@@ -204,7 +210,49 @@ def _export(args: argparse.Namespace) -> int:
         f" fused {thr.fused:.3f} ({thr.fusion}; false-alarm rate {thr.target_far:g} on"
         " validation normals)"
     )
+    if args.no_alert_calibration:
+        return 0
+    data = args.data or ((raw.get("training") or {}).get("data") or {}).get("path")
+    if data is None or not _has_sentinel(Path(data)):
+        print(
+            f"  alert calibration skipped: {data} is no simulated dataset with events "
+            "(sentinel/); run furnace calibrate-alerts --bundle DIR --data DIR later"
+        )
+        return 0
+    return _run_alert_calibration(path.parent, [data], None, args.target_false_per_10h, None)
+
+
+def _has_sentinel(data: Path) -> bool:
+    return (data / "pixel-level" / "sentinel").is_dir() or (data / "sentinel").is_dir()
+
+
+def _run_alert_calibration(
+    bundle: Path,
+    data: list[str] | None,
+    furnaces: list[str] | None,
+    target: float,
+    out: str | None,
+) -> int:
+    from furnace.alert_calibration import calibrate_bundle, format_summary
+
+    record = calibrate_bundle(
+        bundle, data=data, furnaces=furnaces, target_per_10h=target, out=out, progress=True
+    )
+    source = record["calibration_data"]
+    print(
+        f"alert calibration on {len(source['furnaces'])} furnaces of {source['path']} "
+        f"({source['furnace_hours']:.2f} furnace-hours, replay {source['replay_seconds']:.0f} s, "
+        f"search {source['search_seconds']:.0f} s over {source['candidates_evaluated']} "
+        f"candidates); written to {record['bundle']}/manifest.json"
+    )
+    print(format_summary(record))
     return 0
+
+
+def _calibrate_alerts(args: argparse.Namespace) -> int:
+    return _run_alert_calibration(
+        Path(args.bundle), args.data, args.furnaces, args.target_false_per_10h, args.out
+    )
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -378,9 +426,58 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", required=True, help="run folder written by furnace train")
     ex.add_argument("--out", required=True, help="bundle folder, e.g. models/default")
     ex.add_argument("--data", help="the run's training data (default: the path it recorded)")
-    ex.add_argument("--head", choices=("current", "camera", "both"), help="head to ship")
+    heads = ("current", "camera", "both")
+    ex.add_argument(
+        "--head",
+        choices=heads,
+        help="one head for both graphs (default: per modality, the best on validation among "
+        "the heads trained with its labels; docs/export.md)",
+    )
+    ex.add_argument("--head-current", choices=heads, help="the current graph's head")
+    ex.add_argument("--head-camera", choices=heads, help="the camera graph's head")
     ex.add_argument("--metrics", help="an evaluation's metrics.json to record in the manifest")
+    ex.add_argument(
+        "--no-alert-calibration",
+        action="store_true",
+        help="skip calibrating the alert policy on the validation furnaces (furnace "
+        "calibrate-alerts does it later)",
+    )
+    ex.add_argument(
+        "--target-false-per-10h",
+        type=float,
+        default=1.0,
+        help="alert calibration: false episodes per 10 furnace-hours allowed in every sensor "
+        "setting (default 1)",
+    )
     ex.set_defaults(func=_export)
+
+    ca = sub.add_parser(
+        "calibrate-alerts",
+        help="choose a bundle's alert policy (k of n and thresholds) on validation furnaces "
+        "for a target false-episode rate per furnace-hour; writes it into the manifest",
+    )
+    ca.add_argument("--bundle", required=True, help="bundle folder")
+    ca.add_argument(
+        "--data",
+        action="append",
+        help="simulated data with the furnaces (default: the manifest's training data); "
+        "repeat it to pool several datasets' furnace-hours",
+    )
+    ca.add_argument(
+        "--furnaces",
+        action="append",
+        help="which furnaces of --data: 'val' (the manifest's validation furnaces; the "
+        "default), 'all' (every recording of that dataset) or comma-separated furnace ids; "
+        "one for every --data, or one per --data in the same order",
+    )
+    ca.add_argument(
+        "--target-false-per-10h",
+        type=float,
+        default=1.0,
+        help="false episodes per 10 furnace-hours allowed in every sensor setting (default 1)",
+    )
+    ca.add_argument("--out", help="write a calibrated copy here (default: change the bundle)")
+    ca.set_defaults(func=_calibrate_alerts)
 
     rp = sub.add_parser("replay", help="publish simulated furnaces into Redis streams (live)")
     rp.add_argument("--redis-url", help="default: $FURNACE_REDIS_URL or redis://127.0.0.1:6379/0")

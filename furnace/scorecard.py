@@ -18,7 +18,10 @@ furnace by furnace the way `furnace replay` publishes it and the stream consumer
   consumer does reading at the live rate: a window every 2 s of sensor time).
 - Decisions: `service.engine.Engine.score` (batched), each detection turned into what the
   alert policy takes by `service.store.alerting_form` and applied in window order with
-  `service.alerting.next_state` and the service's `AlertPolicy` (FURNACE_ALERT_K/N/M).
+  `service.alerting.next_state` and the policy the service would run
+  (`ServiceSettings.policy`: FURNACE_ALERT_K/N/M where set, else the bundle's calibrated
+  `alert_policy`, else 3 of 4 and 3). `score_windows` and `apply_policy` are the two halves;
+  `furnace.alert_calibration` reuses them.
 
 Settings: "both" feeds both streams, "current_only" no frames, "camera_only" no current.
 
@@ -55,7 +58,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +70,8 @@ from simulator.config import CLASS_INDEX, CLASS_NAMES
 
 if TYPE_CHECKING:
     from service.alerting import AlertPolicy
+    from service.bundle import BundleAlertPolicy
+    from service.detection import Detection
     from service.engine import Engine
     from service.types import Window, WindowSpec
     from training.data.fmf import Recording
@@ -310,15 +315,18 @@ class ServiceSettings:
 
     grace_seconds: float = 1.0
     staleness_seconds: float = 5.0
-    alert_k: int = 3
-    alert_n: int = 4
-    alert_m: int = 3
+    alert_k: int | None = None  # None: FURNACE_ALERT_K unset (the bundle's, else 3)
+    alert_n: int | None = None
+    alert_m: int | None = None
     max_image_pixels: int = 4096 * 4096
 
-    def policy(self) -> AlertPolicy:
-        from service.alerting import AlertPolicy
+    def policy(self, bundle: BundleAlertPolicy | None = None) -> AlertPolicy:
+        """The service's rule (`service.settings.Settings.alert_policy`): FURNACE_ALERT_K/N/M
+        where set, else the bundle's calibrated `alert_policy`, else 3 of 4 and 3.
+        """
+        from service.alerting import resolve_policy
 
-        return AlertPolicy(k=self.alert_k, n=self.alert_n, m=self.alert_m)
+        return resolve_policy(bundle, k=self.alert_k, n=self.alert_n, m=self.alert_m)
 
 
 def service_settings(bundle: str) -> tuple[Path, ServiceSettings]:
@@ -346,6 +354,19 @@ def service_settings(bundle: str) -> tuple[Path, ServiceSettings]:
         s.max_image_pixels,
     )
     return s.bundle_path(bundle), chosen
+
+
+def load_furnace(data: str | Path, name: str, spec: WindowSpec) -> tuple[FurnaceTruth, Entries]:
+    """One recording's truth and the entries `furnace replay` would publish for it (sensor
+    faults applied on read).
+    """
+    from training.data.fmf import read_fmf
+
+    truth = load_truth(data, name)
+    (rec,) = read_fmf(
+        data, names=[name], camera_fps=None, apply_faults=True, frame_px=spec.frame_px
+    )
+    return truth, observed_entries(rec, truth)
 
 
 @dataclass
@@ -447,6 +468,22 @@ class Trace:
     episodes: list[EpisodeRecord] = field(default_factory=list)
 
 
+def score_windows(
+    engine: Engine, windows: Iterable[list[Window]], batch: int = SCORE_BATCH
+) -> Iterator[Detection]:
+    """`Engine.score` over windows as they close, in batches of at least `batch` (the
+    closed windows of one pop stay together), detections in window order.
+    """
+    pending: list[Window] = []
+    for closed in windows:
+        pending.extend(closed)
+        if len(pending) >= batch:
+            yield from engine.score(pending)
+            pending = []
+    if pending:
+        yield from engine.score(pending)
+
+
 def decide(
     engine: Engine,
     windows: Iterator[list[Window]],
@@ -455,49 +492,43 @@ def decide(
     batch: int = SCORE_BATCH,
 ) -> Trace:
     """Score windows in batches and run the alert policy over the detections in order."""
+    return apply_policy(score_windows(engine, windows, batch), furnace_id, policy)
+
+
+def apply_policy(detections: Iterable[Detection], furnace_id: str, policy: AlertPolicy) -> Trace:
+    """Run one furnace's detections (window order) through `service.store.alerting_form` and
+    `service.alerting.next_state`, as the service's commit does; record windows and episodes
+    (an episode still open at the end has `closed_at` None).
+    """
     from service.alerting import AlertState, next_state
     from service.store import alerting_form
 
     trace = Trace()
     state = AlertState.initial(furnace_id)
     opened: dict[str, EpisodeRecord] = {}
-
-    def flush(pending: list[Window]) -> None:
-        nonlocal state
-        for det in engine.score(pending):
-            view = alerting_form(det)  # what the service's commit hands to next_state
-            decided = bool(view.modalities)
-            trace.ends.append(float(det.window_end))
-            trace.score.append(float(det.score) if decided else float("nan"))
-            trace.threshold.append(float(det.threshold))
-            trace.abnormal.append(bool(view.is_abnormal))
-            trace.condition.append(str(det.condition) if decided else "unknown")
-            state, events = next_state(state, view, policy)
-            for ev in events:
-                ep = ev.episode
-                if ev.kind == "opened":
-                    opened[ep.id] = EpisodeRecord(
-                        furnace_id, ep.opened_at, ep.condition, ep.condition
-                    )
-                rec = opened[ep.id]
-                opened[ep.id] = EpisodeRecord(
-                    furnace_id,
-                    rec.opened_at,
-                    rec.condition,
-                    ep.condition,
-                    ep.closed_at,
-                    ep.raised_by,
-                    ep.peak_score,
-                )
-
-    pending: list[Window] = []
-    for closed in windows:
-        pending.extend(closed)
-        if len(pending) >= batch:
-            flush(pending)
-            pending = []
-    if pending:
-        flush(pending)
+    for det in detections:
+        view = alerting_form(det)  # what the service's commit hands to next_state
+        decided = bool(view.modalities)
+        trace.ends.append(float(det.window_end))
+        trace.score.append(float(det.score) if decided else float("nan"))
+        trace.threshold.append(float(det.threshold))
+        trace.abnormal.append(bool(view.is_abnormal))
+        trace.condition.append(str(det.condition) if decided else "unknown")
+        state, events = next_state(state, view, policy)
+        for ev in events:
+            ep = ev.episode
+            if ev.kind == "opened":
+                opened[ep.id] = EpisodeRecord(furnace_id, ep.opened_at, ep.condition, ep.condition)
+            rec = opened[ep.id]
+            opened[ep.id] = EpisodeRecord(
+                furnace_id,
+                rec.opened_at,
+                rec.condition,
+                ep.condition,
+                ep.closed_at,
+                ep.raised_by,
+                ep.peak_score,
+            )
     if state.episode is not None:  # still open at the end of the data
         ep = state.episode
         rec = opened[ep.id]
@@ -657,7 +688,6 @@ def run_scorecard(
     from tqdm import tqdm
 
     from service.engine import Engine
-    from training.data.fmf import read_fmf
 
     if modalities is not None and modalities not in CHOICES:
         msg = f"--modalities must be one of {', '.join(CHOICES)}, got {modalities!r}"
@@ -673,15 +703,10 @@ def run_scorecard(
     truths: list[FurnaceTruth] = []
     traces: dict[str, list[Trace]] = {s: [] for s in chosen}
     counts: dict[str, dict[str, int]] = {s: {} for s in chosen}
-    policy = settings.policy()
+    policy = settings.policy(engine.manifest.alert_policy)
     t_start = time.perf_counter()
     for name in tqdm(names, desc="scorecard", unit="furnace", disable=not progress):
-        truth = load_truth(data, name)
-        (rec,) = read_fmf(
-            data, names=[name], camera_fps=None, apply_faults=True, frame_px=spec.frame_px
-        )
-        entries = observed_entries(rec, truth)
-        del rec
+        truth, entries = load_furnace(data, name, spec)
         truths.append(truth)
         for setting in chosen:
             mods = SETTINGS[setting]
@@ -694,6 +719,14 @@ def run_scorecard(
         "data": str(data),
         "furnaces": [t.furnace_id for t in truths],
         "service_settings": settings.__dict__,
+        "alert_policy": {
+            "k": policy.k,
+            "n": policy.n,
+            "m": policy.m,
+            "bundle": None
+            if engine.manifest.alert_policy is None
+            else engine.manifest.alert_policy.__dict__,
+        },
         "rules": {
             "min_visible_s": MIN_VISIBLE_S,
             "alerted_until_after_end_s": AFTER_END_S,
@@ -768,9 +801,9 @@ def write_html(
         "</head><body><h1>Scorecard</h1>",
         f"<p>bundle <code>{esc(result['bundle'])}</code> ({esc(result['model_version'])}, "
         f"fusion {esc(result['fusion'])}); data <code>{esc(result['data'])}</code>; "
-        f"{len(truths)} furnaces; alert policy k={result['service_settings']['alert_k']} of "
-        f"n={result['service_settings']['alert_n']}, close after "
-        f"m={result['service_settings']['alert_m']}.</p>",
+        f"{len(truths)} furnaces; alert policy k={result['alert_policy']['k']} of "
+        f"n={result['alert_policy']['n']}, close after "
+        f"m={result['alert_policy']['m']}.</p>",
         "<p>An event is <b>visible</b> to a setting when its sensors' visibility flags are on "
         f"for &ge; {MIN_VISIBLE_S:g} s inside it; <b>alerted</b> when an episode opens between "
         f"its onset and its end + {AFTER_END_S:g} s (visible events only); <b>named</b> when "

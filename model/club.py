@@ -24,8 +24,8 @@ from model._util import frozen
 class QNets(nn.Module):
     """Q_m for M modalities: x (M, N, D) -> mu, logvar (M, N, D).
 
-    Per modality, two 4-layer MLPs of the given width with ReLU between layers; the logvar
-    branch ends in tanh (docs/design/cmg.md 3).
+    Per modality, two 4-layer MLPs of the given width with ReLU between layers; the logvar branch
+    ends in tanh (docs/design/cmg.md 3).
     """
 
     def __init__(self, dim: int, width: int, modalities: int = 2, layers: int = 4) -> None:

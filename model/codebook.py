@@ -104,10 +104,9 @@ class Codebook(nn.Module):
     def ema_update(self, updates: list[EMAUpdate]) -> None:
         """EMA step from one or two modalities, then E = W / N.
 
-        Released form (docs/design/cmg.md 4.2): one sequential update per entry, each decaying N
-        and W,
-        with W fed 0.5 (own + partner). With `cfg.fused_update` (paper Eq. 7): one decay with
-        the counts and sums of all entries together.
+        Released form (docs/design/cmg.md 4.2): one sequential update per entry, each decaying N and
+        W, with W fed 0.5 (own + partner). With `cfg.fused_update` (paper Eq. 7): one decay with the
+        counts and sums of all entries together.
         """
         if self.cfg.fused_update:
             counts = torch.zeros_like(self.count)

@@ -1,13 +1,11 @@
 """Semantic encoders Phi_c, Phi_v and specific encoders Psi_c, Psi_v (docs/design/cmg.md section 3).
 
-Deviation from docs/design/cmg.md 3, for CPU speed: the camera stems are slimmed.
-docs/design/cmg.md gives
-3 x (conv 3x3, stride 2; 6 -> 32 -> 64 -> 64), which alone costs ~0.4 s per training step at
+Deviation from docs/design/cmg.md 3, for CPU speed: the camera stems are slimmed. docs/design/cmg.md
+gives 3 x (conv 3x3, stride 2; 6 -> 32 -> 64 -> 64), which alone costs ~0.4 s per training step at
 B*T = 512 frames of 64 x 64 on two cores. Here both stems are a 4x4 stride-4 "patchify" conv
 followed by a 2x2 stride-2 patch-merge conv (Phi_v: 6 -> 32 -> 64, Psi_v: 6 -> 16 -> 32;
-configurable in EncoderConfig). They reach the same frame_px / 8 map (8 x 8 at 64 px) with
-about a sixth of the work. Frames stay in channels-last layout (faster on CPU; a no-op for
-the ONNX graph).
+configurable in EncoderConfig). They reach the same frame_px / 8 map (8 x 8 at 64 px) with about a
+sixth of the work. Frames stay in channels-last layout (faster on CPU; a no-op for the ONNX graph).
 
 The semantic transformers are post-norm (as the CMG code) and written out here rather than
 taken from nn.TransformerEncoderLayer, whose fused inference path does not trace to ONNX

@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from service.detection import Detection
 from service.entries import as_text
@@ -40,6 +40,46 @@ class AlertPolicy:
         if not 1 <= self.k <= self.n or self.m < 1:
             msg = f"need 1 <= k <= n and m >= 1, got {self}"
             raise ValueError(msg)
+
+
+class PolicyLike(Protocol):
+    """k, n and m of a policy (`AlertPolicy`, or a bundle's `service.bundle.BundleAlertPolicy`)."""
+
+    @property
+    def k(self) -> int: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def m(self) -> int: ...
+
+
+def resolve_policy(
+    bundle: PolicyLike | None,
+    *,
+    k: int | None = None,
+    n: int | None = None,
+    m: int | None = None,
+) -> AlertPolicy:
+    """The policy a replica runs: each of `k`, `n`, `m` given explicitly (FURNACE_ALERT_K/N/M)
+    wins; the others come from the bundle's calibrated policy (None: a bundle without one),
+    else from the defaults (3 of 4, close after 3).
+
+    Raises:
+        ValueError: the combination has k > n; the message says where each value came from.
+    """
+    base = bundle if bundle is not None else AlertPolicy()
+    chosen = {
+        key: (explicit, "FURNACE_ALERT_" + key.upper())
+        if explicit is not None
+        else (getattr(base, key), "the bundle" if bundle is not None else "the default")
+        for key, explicit in (("k", k), ("n", n), ("m", m))
+    }
+    try:
+        return AlertPolicy(k=chosen["k"][0], n=chosen["n"][0], m=chosen["m"][0])
+    except ValueError as exc:
+        where = ", ".join(f"{key}={v} ({src})" for key, (v, src) in chosen.items())
+        msg = f"alert policy {where}: need 1 <= k <= n and m >= 1"
+        raise ValueError(msg) from exc
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ one is not ready); every JSON route declares its response model (service/schemas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
 from redis.exceptions import RedisError
 
 from service.auth import require_key
+from service.bundle import BundleAlertPolicy
 from service.deps import EngineDep, RedisDep, RuntimeDep
 from service.engine import Engine
 from service.images import ImageError
@@ -176,7 +178,9 @@ async def model_info(rt: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
         "class_names": list(m.class_names),
         "codebook_size": m.codebook_size,
         "head": m.head,
+        "heads": m.heads,
         "thresholds": raw.get("thresholds"),
+        "alert_policy": _policy_out(rt, m.alert_policy),
         "metrics": (raw.get("metrics") or {}).get("settings"),
         "training": {k: v for k, v in (raw.get("training") or {}).items() if k != "config"},
     }
@@ -256,3 +260,13 @@ async def readyz(rt: RuntimeDep, response: Response) -> ReadyOut:
 async def metrics(rt: RuntimeDep) -> Response:
     body, content_type = rt.metrics.render()
     return Response(body, media_type=content_type)
+
+
+def _policy_out(rt: Runtime, bundle: BundleAlertPolicy | None) -> dict[str, Any]:
+    policy = rt.settings.alert_policy(bundle)
+    return {
+        "k": policy.k,
+        "n": policy.n,
+        "m": policy.m,
+        "bundle": None if bundle is None else dataclasses.asdict(bundle),
+    }

@@ -59,6 +59,14 @@ class Thresholds:
     "max_ratio" (format 1 bundles exported since the fusion change): each modality's score
     divided by its own threshold, the larger ratio against `fused`; "average" (older
     bundles): 1 - p(normal) of the averaged probabilities against `fused`.
+
+    `current_alone` and `camera_alone` (max_ratio only; manifest keys of the same names,
+    1.0 when absent) are the ratio thresholds when only that modality decides (the other
+    one unhealthy): its score / its `current` or `camera` threshold against `*_alone`, i.e.
+    its score against `current * current_alone`. The alert calibration sets them so that the
+    fault-time threshold of a modality can rise without changing its ratio inside the
+    two-modality max-ratio rule. Under "average" fusion `current` and `camera` are only ever
+    used alone anyway, so the `*_alone` values stay 1.0 there (the reader refuses others).
     """
 
     current: float
@@ -66,18 +74,34 @@ class Thresholds:
     fused: float
     target_far: float
     fusion: str = "average"
+    current_alone: float = 1.0
+    camera_alone: float = 1.0
 
     def for_modalities(self, used: tuple[str, ...]) -> float:
         """The threshold a decision by the modalities `used` is compared with."""
         if len(used) == 2:
             return self.fused
-        if self.fusion == "max_ratio":  # one modality: its score ratio against 1
-            return 1.0
+        if self.fusion == "max_ratio":  # one modality: its score ratio against its alone one
+            return self.current_alone if used == ("current",) else self.camera_alone
         return self.current if used == ("current",) else self.camera
 
     def modality(self, name: str) -> float:
         """A single modality's threshold on 1 - p(normal)."""
         return self.current if name == "current" else self.camera
+
+
+@dataclass(frozen=True)
+class BundleAlertPolicy:
+    """The alert policy calibrated with the bundle's thresholds (manifest `alert_policy`,
+    written by `furnace export` / `furnace calibrate-alerts`): open an episode on `k` abnormal
+    of the last `n` windows, close it after `m` clean ones. `target_false_episodes_per_hour`
+    is what it was calibrated for (None: not recorded); the measured figures stay in `raw`.
+    """
+
+    k: int
+    n: int
+    m: int
+    target_false_episodes_per_hour: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,13 +115,15 @@ class Manifest:
     codebook_size: int
     code_dim: int
     codes_per_segment: int  # product quantisation: a window has segments x this codes
-    head: str
+    head: str  # the head's name, or current=NAME,camera=NAME when the graphs differ
+    heads: dict[str, str]  # modality -> the head its graph carries
     graphs: dict[str, GraphSpec]
     golden: str
     thresholds: Thresholds
     code_usage: dict[str, tuple[float, ...]]
     files: dict[str, str]  # name -> sha256
     raw: dict[str, Any]  # the whole manifest, for GET /v1/model
+    alert_policy: BundleAlertPolicy | None = None  # None: the manifest has none (older)
 
     @property
     def bundle_sha256(self) -> str:
@@ -163,12 +189,14 @@ def read_manifest(folder: str | Path) -> Manifest:
             _int(raw, "codes_per_segment", where) if "codes_per_segment" in raw else 1
         ),
         head=_str(raw, "head", where),
+        heads=_heads(raw, where),
         graphs=graphs,
         golden=_file_name(_str(raw, "golden", where), where),
         thresholds=_thresholds(_obj(raw, "thresholds", where), where),
         code_usage=_usage(raw, where),
         files=_files(_obj(raw, "files", where), where),
         raw=raw,
+        alert_policy=_alert_policy(raw, where),
     )
 
 
@@ -314,13 +342,45 @@ def _thresholds(raw: dict[str, Any], where: str) -> Thresholds:
     if fusion not in FUSION_RULES:
         raise _fail(w, "fusion", f"must be one of {FUSION_RULES}, got {fusion!r}")
     fused_hi = MAX_RATIO_THRESHOLD if fusion == "max_ratio" else 1.0
+    alone = {}
+    for key in ("current_alone", "camera_alone"):
+        alone[key] = _num(raw, key, w, 0.0, MAX_RATIO_THRESHOLD) if key in raw else 1.0
+        if fusion != "max_ratio" and alone[key] != 1.0:
+            raise _fail(w, key, f"applies to fusion 'max_ratio' only (this one is {fusion!r})")
     return Thresholds(
         current=_num(raw, "current", w, 0.0, 1.0),
         camera=_num(raw, "camera", w, 0.0, 1.0),
         fused=_num(raw, "fused", w, 0.0, fused_hi),
         target_far=_num(raw, "target_far", w, 0.0, 1.0),
         fusion=fusion,
+        current_alone=alone["current_alone"],
+        camera_alone=alone["camera_alone"],
     )
+
+
+def _heads(raw: dict[str, Any], where: str) -> dict[str, str]:
+    """The head each modality's graph carries; bundles exported before per-modality heads
+    have one `head` for both.
+    """
+    if "heads" not in raw:
+        return dict.fromkeys(MODALITIES, _str(raw, "head", where))
+    heads = _obj(raw, "heads", where)
+    return {m: _str(heads, m, f"{where} heads") for m in MODALITIES}
+
+
+def _alert_policy(raw: dict[str, Any], where: str) -> BundleAlertPolicy | None:
+    """The optional `alert_policy` object (absent in bundles exported before it existed)."""
+    if raw.get("alert_policy") is None:
+        return None
+    w = f"{where} alert_policy"
+    policy = _obj(raw, "alert_policy", where)
+    k, n, m = (_int(policy, key, w) for key in ("k", "n", "m"))
+    if k > n:
+        raise _fail(w, "k", f"must be <= n, got k={k} n={n}")
+    target = None
+    if policy.get("target_false_episodes_per_hour") is not None:
+        target = _num(policy, "target_false_episodes_per_hour", w, 0.0, 3600.0)
+    return BundleAlertPolicy(k=k, n=n, m=m, target_false_episodes_per_hour=target)
 
 
 def _usage(raw: dict[str, Any], where: str) -> dict[str, tuple[float, ...]]:

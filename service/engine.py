@@ -8,20 +8,25 @@ in a worker thread, never on the event loop.
 Decision (the rule `furnace evaluate` scores for the bundle's `thresholds.fusion`):
 - "max_ratio": each usable modality's score 1 - p(normal) is divided by that modality's
   calibrated threshold; the window's score is the larger ratio (`lead` names its modality)
-  and it is abnormal when the score exceeds the fused threshold (both usable) or 1 (one
-  usable): either sensor can raise the alarm. The probabilities are the usable modalities'
+  and it is abnormal when the score exceeds the fused threshold (both usable) or that
+  modality's `*_alone` ratio threshold (one usable; 1.0 unless the alert calibration set
+  it): either sensor can raise the alarm. The probabilities are the usable modalities'
   average (they name the condition better than either view alone).
 - "average" (older bundles): the usable modalities' probabilities are averaged, score =
   1 - p(normal) against the threshold calibrated for that modality set.
 The condition is the most probable class; when the window is abnormal but `normal` is still
-the most probable class, it is the most probable abnormal class.
+the most probable class, it is the most probable abnormal class. The rule is the module-level
+`decide` (per-modality results + usable modalities + thresholds -> a `Decision`): the engine
+calls it for every window and `furnace.alert_calibration` re-decides stored results with it
+under candidate thresholds, so there is no second copy.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,14 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from service.bundle import OUTPUT_NAMES, RATIO_FLOOR, BundleError, Manifest, verify_bundle
+from service.bundle import (
+    OUTPUT_NAMES,
+    RATIO_FLOOR,
+    BundleError,
+    Manifest,
+    Thresholds,
+    verify_bundle,
+)
 from service.detection import Detection, ModalityResult
 from service.types import MODALITIES, Window
 
@@ -177,57 +189,78 @@ class Engine:
         }
 
     def _decide(self, i: int, w: Window, per: dict[str, dict[int, ModalityResult]]) -> Detection:
-        names = self.manifest.class_names
         results = {m: per[m][i] for m in MODALITIES if i in per[m]}
         used = tuple(m for m in MODALITIES if m in results and w.usable(m))
-        health = {m: w.health(m) for m in MODALITIES}
         agreement = None
         if "current" in results and "camera" in results:
             a, b = results["current"].codes, results["camera"].codes
             agreement = float(np.mean(np.asarray(a) == np.asarray(b)))
-        if not used:
-            return Detection(
-                furnace_id=w.furnace_id,
-                window_end=w.end,
-                condition="unknown",
-                probabilities={},
-                score=float("nan"),
-                threshold=float("nan"),
-                is_abnormal=False,
-                modalities=(),
-                health=health,
-                per_modality=results,
-                code_agreement=agreement,
-                model_version=self.model_version,
-                class_names=names,
-            )
-        thr = self.manifest.thresholds
-        threshold = thr.for_modalities(used)
-        probs = np.mean([results[m].probs for m in used], axis=0)
-        score, lead = float(1.0 - probs[0]), ""
-        if thr.fusion == "max_ratio":
-            ratio = {m: results[m].score / max(thr.modality(m), RATIO_FLOOR) for m in used}
-            lead = max(used, key=lambda m: ratio[m])
-            score = float(ratio[lead])
-        abnormal = score > threshold
-        top = int(probs.argmax())
-        if abnormal and top == 0:
-            top = 1 + int(probs[1:].argmax())
-        elif not abnormal:
-            top = 0
+        d = decide(results, used, self.manifest.thresholds, self.manifest.class_names)
         return Detection(
             furnace_id=w.furnace_id,
             window_end=w.end,
-            condition=names[top],
-            probabilities={n: float(p) for n, p in zip(names, probs, strict=True)},
-            score=score,
-            threshold=threshold,
-            is_abnormal=bool(abnormal),
+            condition=d.condition,
+            probabilities=d.probabilities,
+            score=d.score,
+            threshold=d.threshold,
+            is_abnormal=d.is_abnormal,
             modalities=used,
-            health=health,
+            health={m: w.health(m) for m in MODALITIES},
             per_modality=results,
             code_agreement=agreement,
-            lead=lead,
+            lead=d.lead,
             model_version=self.model_version,
-            class_names=names,
+            class_names=self.manifest.class_names,
         )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What `decide` makes of one window's modality results (the rest of a `Detection` is
+    bookkeeping: furnace, window end, health, codes).
+    """
+
+    condition: str  # "unknown" when no modality decided
+    probabilities: dict[str, float]  # {} when no modality decided
+    score: float  # NaN when no modality decided
+    threshold: float  # NaN when no modality decided
+    is_abnormal: bool
+    lead: str = ""  # max_ratio: the modality whose ratio is the score; else ""
+
+
+def decide(
+    results: Mapping[str, ModalityResult],
+    used: Sequence[str],
+    thresholds: Thresholds,
+    class_names: Sequence[str],
+) -> Decision:
+    """The service's decision rule (module docstring) for one window: the modality results
+    (`probs`, `score` = 1 - p(normal)) of the modalities `used` (the usable ones, in
+    `service.types.MODALITIES` order) under `thresholds`. The engine calls this for every
+    window; `furnace.alert_calibration` calls it to re-decide stored results under candidate
+    thresholds, so the rule lives here only.
+    """
+    if not used:
+        nan = float("nan")
+        return Decision("unknown", {}, nan, nan, False)
+    threshold = thresholds.for_modalities(tuple(used))
+    probs = np.mean([results[m].probs for m in used], axis=0)
+    score, lead = float(1.0 - probs[0]), ""
+    if thresholds.fusion == "max_ratio":
+        ratio = {m: results[m].score / max(thresholds.modality(m), RATIO_FLOOR) for m in used}
+        lead = max(used, key=lambda m: ratio[m])
+        score = float(ratio[lead])
+    abnormal = score > threshold
+    top = int(probs.argmax())
+    if abnormal and top == 0:
+        top = 1 + int(probs[1:].argmax())
+    elif not abnormal:
+        top = 0
+    return Decision(
+        condition=class_names[top],
+        probabilities={n: float(p) for n, p in zip(class_names, probs, strict=True)},
+        score=score,
+        threshold=threshold,
+        is_abnormal=bool(abnormal),
+        lead=lead,
+    )

@@ -19,9 +19,8 @@ Current, in order of precedence (first match wins):
            for 12 s, so the rule flags none of them;
   stuck    a phase repeats one value `stuck_run` times in a row, ignoring exact zeros (power
            cuts and a broken electrode's dead phase are process, docs/design/furnace.md 6) and
-           values at
-           the ceiling (clipping). Clean 2 Hz current never repeats a value (the log: at most
-           twice); the simulator's stuck fault holds the phase's last value. A phase stuck at
+           values at the ceiling (clipping). Clean 2 Hz current never repeats a value (the log: at
+           most twice); the simulator's stuck fault holds the phase's last value. A phase stuck at
            exactly 0 (a fault that starts during a power cut) is therefore not detected;
   ok.
 

@@ -71,7 +71,7 @@ class StreamConsumer:
         score: Callable[[list[Window]], Awaitable[list[Detection]]],
         *,
         record: Callable[[Detection, CommitResult | None, str], None],
-        policy: AlertPolicy,
+        policy: Callable[[], AlertPolicy],
         group_start_id: str = "$",
     ) -> None:
         self.settings = settings

@@ -1,6 +1,5 @@
 """Shard ownership (docs/design/serving.md 2.1): the agreed shard count, this replica's shard
-lease, and
-which furnaces it reads.
+lease, and which furnaces it reads.
 
 Every replica must agree on `FURNACE_SHARD_COUNT`: the first one writes it to `shard:layout`
 and a replica with another count refuses to start. A replica reads only while it holds the

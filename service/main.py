@@ -23,7 +23,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.alerting import AlertPolicy
 from service.api import WINDOWS_ROUTE, router
 from service.engine import Engine
 from service.ingest import StreamConsumer
@@ -55,6 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt.engine = await rt.in_executor(
             lambda: Engine(path, intra_op_threads=settings.intra_op_threads)
         )
+        policy = settings.alert_policy(rt.engine.manifest.alert_policy)
     except (OSError, ValueError) as exc:
         rt.load_error = str(exc)
         rt.executor.shutdown(wait=False)
@@ -65,7 +65,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bundle_sha256=rt.engine.bundle_sha256,
         provider=rt.engine.provider,
     )
-    logger.info("serving %s (%s) from %s", rt.engine.model_version, rt.engine.provider, path)
+    logger.info(
+        "serving %s (%s) from %s; alert policy %d of %d, close after %d",
+        rt.engine.model_version,
+        rt.engine.provider,
+        path,
+        policy.k,
+        policy.n,
+        policy.m,
+    )
     rt.bundle_name = settings.bundle
     rt.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10.0)
     if settings.model_poll_seconds > 0:
@@ -78,7 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 rt.metrics,
                 rt.score,
                 record=rt.record,
-                policy=rt.policy,
+                policy=lambda: rt.policy,
                 group_start_id=app.state.group_start_id,
             )
             await rt.consumer.start()  # refuses a shard layout mismatch
@@ -125,7 +133,6 @@ def create_app(settings: Settings | None = None, *, group_start_id: str = "$") -
         settings=settings,
         metrics=metrics,
         executor=ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference"),
-        policy=AlertPolicy(k=settings.alert_k, n=settings.alert_n, m=settings.alert_m),
     )
     app = FastAPI(
         title="furnace-sentinel",

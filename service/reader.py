@@ -83,7 +83,7 @@ class StreamReader:
         metrics: Metrics,
         score: Callable[[list[Window]], Awaitable[list[Detection]]],
         record: Callable[[Detection, CommitResult | None, str], None],
-        policy: AlertPolicy,
+        policy: Callable[[], AlertPolicy],
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -249,12 +249,13 @@ class StreamReader:
     # ----------------------------------------------------------------- scoring
     async def score_and_commit(self, windows: list[Window]) -> list[Detection]:
         detections = await self.score(windows)
+        policy = self.policy()  # the serving bundle's (FURNACE_ALERT_* override it)
         for det in detections:
             result = await commit_detection(
                 self.client,
                 self.keys,
                 det,
-                self.policy,
+                policy,
                 detections_maxlen=self.settings.detections_maxlen,
                 alerts_maxlen=self.settings.alerts_maxlen,
             )

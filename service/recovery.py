@@ -1,6 +1,5 @@
 """Recovery of a consumer's streams (docs/design/serving.md 1.3, 2.3): rebuilding window buffers
-from
-history, taking over abandoned entries, removing dead consumer names.
+from history, taking over abandoned entries, removing dead consumer names.
 
 On adopting a furnace (a start, or a Redis outage that dropped the in-memory state) its
 buffer is rebuilt from both streams' history before the group's oldest pending entry (any
@@ -68,8 +67,8 @@ class Recovery:
     ) -> WindowAssembler:
         """Create the furnace's groups and rebuild its window buffer from both streams'
         history, resuming after the last committed window (docs/design/serving.md 2.3). The windows
-        that
-        history closes are left in the assembler for the caller to commit."""
+        that history closes are left in the assembler for the caller to commit.
+        """
         for modality in MODALITIES:
             key = self.keys.stream(furnace_id, modality)
             try:

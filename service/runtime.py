@@ -49,7 +49,6 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     executor: ThreadPoolExecutor
-    policy: AlertPolicy  # alert episodes, for HTTP and Redis detections alike
     engine: Engine | None = None
     client: aioredis.Redis | None = None
     consumer: StreamConsumer | None = None
@@ -72,6 +71,17 @@ class Runtime:
             msg = f"no model loaded: {self.load_error or 'starting'}"
             raise NotReadyError(msg)
         return self.engine
+
+    @property
+    def policy(self) -> AlertPolicy:
+        """The alert policy of the engine serving now, for HTTP and Redis detections alike:
+        FURNACE_ALERT_K/N/M where set, else the bundle's calibrated `alert_policy`, else
+        3 of 4 and 3 (checked when the bundle is loaded, so this does not raise then).
+
+        Raises:
+            NotReadyError: no model is loaded.
+        """
+        return self.settings.alert_policy(self.current_engine().manifest.alert_policy)
 
     def redis(self) -> aioredis.Redis:
         """The shared Redis client.
@@ -114,6 +124,12 @@ class Runtime:
             logger.warning("reload of %s refused: %s", path, exc)
             msg = f"bundle refused, still serving {old.model_version}: {exc}"
             raise ReloadRefusedError(msg) from exc
+        try:
+            policy = self.settings.alert_policy(engine.manifest.alert_policy)
+        except ValueError as exc:
+            self.metrics.model_reload(outcome="failed")
+            msg = f"bundle refused, still serving {old.model_version}: {exc}"
+            raise ReloadRefusedError(msg) from exc
         if engine.manifest.window != old.manifest.window:
             self.metrics.model_reload(outcome="failed")
             msg = f"bundle refused, still serving {old.model_version}: its window geometry"
@@ -127,7 +143,15 @@ class Runtime:
             bundle_sha256=engine.bundle_sha256,
             provider=engine.provider,
         )
-        logger.info("reloaded: %s -> %s (%s)", old.model_version, engine.model_version, path)
+        logger.info(
+            "reloaded: %s -> %s (%s), alert policy %d of %d, close after %d",
+            old.model_version,
+            engine.model_version,
+            path,
+            policy.k,
+            policy.n,
+            policy.m,
+        )
         return old.model_version, engine
 
     async def follow_desired(self) -> None:

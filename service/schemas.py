@@ -143,8 +143,13 @@ class ModelOut(BaseModel):
     window: dict[str, Any] | None
     class_names: list[str]
     codebook_size: int
-    head: str
+    head: str = Field(description="the head's name, or current=NAME,camera=NAME")
+    heads: dict[str, str] = Field(description="modality -> the head its graph carries")
     thresholds: dict[str, Any] | None
+    alert_policy: dict[str, Any] = Field(
+        description="the alert policy in effect (k, n, m) and the bundle's calibrated one "
+        "(`bundle`, null when the manifest has none); FURNACE_ALERT_K/N/M override the bundle"
+    )
     metrics: Any
     training: dict[str, Any]
 

@@ -7,12 +7,16 @@ Built in `create_app`, never at import, so a test builds an app with its own set
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+if TYPE_CHECKING:
+    from service.alerting import AlertPolicy
+    from service.bundle import BundleAlertPolicy
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -67,10 +71,11 @@ class Settings(BaseSettings):
     alerts_maxlen: int = Field(10_000, ge=100)
     lease_ttl_ms: int = Field(15_000, ge=1000)
 
-    # Alert episodes: open on k abnormal of the last n windows, close after m clean ones
-    alert_k: int = Field(3, ge=1)
-    alert_n: int = Field(4, ge=1)
-    alert_m: int = Field(3, ge=1)
+    # Alert episodes: open on k abnormal of the last n windows, close after m clean ones.
+    # None (unset): the bundle's calibrated `alert_policy`, else 3 of 4 and 3 (docs/service.md)
+    alert_k: int | None = Field(None, ge=1)
+    alert_n: int | None = Field(None, ge=1)
+    alert_m: int | None = Field(None, ge=1)
     max_furnace_labels: int = Field(64, ge=1)
 
     @field_validator("api_keys", "admin_keys", "furnaces", mode="before")
@@ -85,7 +90,7 @@ class Settings(BaseSettings):
         if self.shard_index >= self.shard_count:
             msg = f"FURNACE_SHARD_INDEX {self.shard_index} must be < FURNACE_SHARD_COUNT"
             raise ValueError(msg)
-        if self.alert_k > self.alert_n:
+        if self.alert_k is not None and self.alert_n is not None and self.alert_k > self.alert_n:
             msg = "FURNACE_ALERT_K must be <= FURNACE_ALERT_N"
             raise ValueError(msg)
         if not self.auth_disabled and not self.write_keys():
@@ -117,6 +122,17 @@ class Settings(BaseSettings):
             keys += [line.strip() for line in text.splitlines() if line.strip()]
             keys = [k for k in keys if not k.startswith("#")]
         return keys
+
+    def alert_policy(self, bundle: BundleAlertPolicy | None) -> AlertPolicy:
+        """The alert policy to run with a bundle: FURNACE_ALERT_K/N/M where set, the rest
+        from the bundle's calibrated `alert_policy` (`Manifest.alert_policy`), else 3/4/3.
+
+        Raises:
+            ValueError: the combination has k > n (e.g. FURNACE_ALERT_K above the bundle's n).
+        """
+        from service.alerting import resolve_policy
+
+        return resolve_policy(bundle, k=self.alert_k, n=self.alert_n, m=self.alert_m)
 
     def bundle_path(self, name: str | None = None) -> Path:
         """A bundle name under models_dir, or a path (absolute or with a slash)."""

@@ -1,11 +1,9 @@
 """Furnace ownership across replicas: rendezvous hashing and furnace-id validation.
 
 docs/design/serving.md 2.1: `owner(furnace_id) = argmax over s of blake2b(f"{furnace_id}:{s}")`,
-stable
-across processes and Python versions (never the salted built-in `hash()`); growing the fleet
+stable across processes and Python versions (never the salted built-in `hash()`); growing the fleet
 from N to N+1 shards moves only about 1/(N+1) of the furnaces. docs/design/serving.md 1.1 fixes the
-id
-pattern, so an id can enter a Redis key without `:` or glob characters.
+id pattern, so an id can enter a Redis key without `:` or glob characters.
 """
 
 from __future__ import annotations

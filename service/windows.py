@@ -50,14 +50,12 @@ class WindowAssembler:
     """Buffers one furnace's current samples and frames and closes its windows.
 
     Not thread-safe: one reader task owns it (docs/design/serving.md 1.2). Memory is bounded:
-    entries
-    older than the next window's start minus its baseline (frames: minus the matching
+    entries older than the next window's start minus its baseline (frames: minus the matching
     tolerance) and a margin are dropped, and at most `max_samples` / `max_frames` are kept.
 
     Attributes:
         late: modality -> entries at or before the last closed window end (docs/design/serving.md
-        1.2).
-        duplicates: modality -> entries ignored because their timestamp was already buffered.
+        1.2). duplicates: modality -> entries ignored because their timestamp was already buffered.
         dropped: modality -> entries evicted by the `max_samples` / `max_frames` caps.
         skipped_windows: windows closed without data in either modality (never emitted).
     """
@@ -138,8 +136,7 @@ class WindowAssembler:
     @last_closed_end.setter
     def last_closed_end(self, end: float) -> None:
         """Resume after `end` (e.g. the alert state's last applied window, docs/design/serving.md
-        2.3):
-        no window at or before it is emitted. Never moves backwards.
+        2.3): no window at or before it is emitted. Never moves backwards.
 
         Raises:
             ValueError: when `end` is not a multiple of the hop.

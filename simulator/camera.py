@@ -1,8 +1,7 @@
 """Numpy-only renderer of the furnace-shell camera: RGB frames, hot-spot masks and visibility.
 
 Compositing order and appearance follow docs/design/furnace.md 3, 4.1, 5 and 7.4; the per-furnace
-static
-layers (shell, rim, flames, pose grid, drifting textures) live in `simulator._render`.
+static layers (shell, rim, flames, pose grid, drifting textures) live in `simulator._render`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """One furnace episode: domain-randomised parameters, events, current and camera from one state.
 
 Random streams follow docs/design/furnace.md 7.7: SeedSequence(master) -> furnace -> episode ->
-independent
-children for events, current, camera and faults, so changing the renderer never moves the
-currents and the same seed gives byte-identical arrays.
+independent children for events, current, camera and faults, so changing the renderer never moves
+the currents and the same seed gives byte-identical arrays.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Condition events and process nuisances of one episode, and their severity curves.
 
 Conditions follow docs/design/furnace.md 4.2 (timing and per-event randomisation); nuisances follow
-5.
-Events are drawn from their own random stream, so renderer changes never move them.
+5. Events are drawn from their own random stream, so renderer changes never move them.
 """
 
 from __future__ import annotations

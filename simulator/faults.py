@@ -1,8 +1,7 @@
 """Sensor faults: drawn per episode, stored as events, applied deterministically on read/replay.
 
 docs/design/furnace.md 6. A fault sets a per-modality health bit and never changes the condition
-label;
-observations are stored clean so one episode serves both clean training and fault tests.
+label; observations are stored clean so one episode serves both clean training and fault tests.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Latent furnace state at 2 Hz and the three-phase electrode current it produces.
 
 docs/design/furnace.md 7.2 (latent state) and 7.3 (current synthesis). The spectral shaping
-reproduces
-the band shares of the public production log (section 2.1).
+reproduces the band shares of the public production log (section 2.1).
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Writes 8-bit RGB, no interlace, filter type 0 (None) on every row, one IDAT chun
 smallest subset of the PNG specification (W3C, "Portable Network Graphics (PNG)
 Specification", sections 5 and 11) that any decoder reads. The simulator may not import an
 image library (docs/design/architecture.md "Layout"), and frames are only 64 x 64, so compression
-ratio
-matters less than having no dependency.
+ratio matters less than having no dependency.
 """
 
 from __future__ import annotations

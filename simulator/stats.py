@@ -1,8 +1,7 @@
 """Statistics of simulated current, compared figure by figure with the public production log.
 
-docs/design/furnace.md 2.1 gives the reference figures and 7.9 the acceptance ranges. Statistics
-are taken
-on normal stretches with the power on (conditions, cuts and their ramps excluded).
+docs/design/furnace.md 2.1 gives the reference figures and 7.9 the acceptance ranges. Statistics are
+taken on normal stretches with the power on (conditions, cuts and their ramps excluded).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Containers the simulator returns: one episode of one furnace, and its sensor faults.
 
 Array names and shapes follow docs/design/furnace.md 7.8. Observations are stored clean; sensor
-faults
-are a list of events applied deterministically on read or replay (`simulator.faults`).
+faults are a list of events applied deterministically on read or replay (`simulator.faults`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Fixtures shared by every test package: a real Redis and one key prefix per test.
 
 There is no fake Redis (docs/design/serving.md 1.8): the session fixture FAILS, it does not skip,
-when no
-server answers at FURNACE_TEST_REDIS_URL (default redis://127.0.0.1:6379/0). `.ci/run` starts
-one; locally run `redis-server --daemonize yes --port 6379 --save "" --appendonly no`.
+when no server answers at FURNACE_TEST_REDIS_URL (default redis://127.0.0.1:6379/0). `.ci/run`
+starts one; locally run `redis-server --daemonize yes --port 6379 --save "" --appendonly no`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Label-free CMG pre-training on paired windows (docs/design/cmg.md section 4), with checkpoints
-and the
-diagnostics of docs/design/cmg.md section 9 on a fixed set of validation windows.
+and the diagnostics of docs/design/cmg.md section 9 on a fixed set of validation windows.
 
 Batches are drawn uniformly over all paired training windows, so every batch mixes episodes
 and furnaces (docs/design/cmg.md 10.8); labels never reach this module (docs/design/cmg.md 10.6).

@@ -23,16 +23,12 @@ from simulator.config import CLASS_NAMES
 from training.config import RunConfig, config_from_dict, config_to_dict
 from training.data import MODALITIES, Windows, valid_for
 from training.data.splits import SplitData, load_recordings, paired_mask, split_by_furnace
-from training.decision import calibrate
+from training.decision import calibrate, source_modalities
 from training.pretrain import pretrain
 from training.train_head import encode_all, encode_windows, train_head
 
 logger = logging.getLogger(__name__)
 SELECT_MAX_WINDOWS = 6000  # labelled training windows per checkpoint during selection
-
-
-def source_modalities(label_modality: str) -> tuple[str, ...]:
-    return MODALITIES if label_modality == "both" else (label_modality,)
 
 
 def subsample(mask: NDArray[np.bool_], n: int, seed: int) -> NDArray[np.int64]:
@@ -98,15 +94,46 @@ def split_for(cfg: RunConfig, recs: list[Any]) -> SplitData:
     return split_by_furnace(recs, val_fraction=tc.val_fraction, seed=tc.seed, **tc.window_args)
 
 
+def labelled_modalities(data: SplitData) -> tuple[str, ...]:
+    """The modalities with labelled windows in both the training and the validation split.
+
+    A window's label is the plant's (time-interval) label at its end, valid for every sensor
+    that recorded the window, so a modality has labels wherever it has valid windows.
+    """
+    return tuple(
+        m for m in MODALITIES if valid_for(data.train, m).any() and valid_for(data.val, m).any()
+    )
+
+
 def fit_heads(
     model: CMG, cfg: RunConfig, data: SplitData, *, limit: int | None = None
 ) -> tuple[dict[str, DetectorHead], dict[str, dict[str, float]]]:
-    """One head per source choice (current, camera, both) on the frozen model."""
+    """One head per source choice (current, camera, both) on the frozen model.
+
+    A head is trained only when every modality of its source has labelled windows in both
+    splits (`labelled_modalities`); the others are left out (logged), and the export falls
+    back to a zero-shot head for a modality without one (`training.decision.select_heads`).
+
+    Raises:
+        ValueError: when no modality has labelled windows in both splits.
+    """
     n = limit or len(data.train)
     heads, figures = {}, {}
     cache: dict[tuple[int, str], tuple[torch.Tensor, NDArray[np.int64]]] = {}
+    have = labelled_modalities(data)
+    if not have:
+        msg = "no labelled windows of either modality in both the training and validation splits"
+        raise ValueError(msg)
     for source in ("current", "camera", "both"):
         mods = source_modalities(source)
+        missing = [m for m in mods if m not in have]
+        if missing:
+            logger.warning(
+                "no %r head: no labelled %s windows in the training or validation split",
+                source,
+                " or ".join(missing),
+            )
+            continue
         heads[source], figures[source] = _fit_head(
             model, cfg, data, mods, n, cfg.train.head_epochs, cache
         )
@@ -167,8 +194,8 @@ def train_run(
     model.load_state_dict(state)
     model.eval()
     heads, head_figures = fit_heads(model, cfg, data)
-    # Thresholds of every head, each calibrated on validation normals (the primary head,
-    # `label_modality`, is what the bundle ships).
+    # Thresholds of every head, each calibrated on validation normals (the export picks a
+    # head per modality from them: training.decision.select_heads).
     val_codes = encode_all(model, data.val)
     thresholds = {
         k: calibrate(model, h, data.val, tc.target_far, val_codes) for k, h in heads.items()

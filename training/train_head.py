@@ -1,7 +1,7 @@
 """Frozen codes -> detector head (docs/design/cmg.md 7.3-7.5): encode windows once, train a head on
-ONE
-modality's codes with inverse-sqrt class weights, keep the epoch that is best on the
-validation split of that same modality."""
+ONE modality's codes with inverse-sqrt class weights, keep the epoch that is best on the validation
+split of that same modality.
+"""
 
 from __future__ import annotations
 

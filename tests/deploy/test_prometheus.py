@@ -1,13 +1,12 @@
 """A real Prometheus scrapes the real service's /metrics and runs every dashboard expression.
 
-Debian's `prometheus` (2.42, the version floor in docs/design/serving.md) listens on a free
-loopback port
-with a temporary storage folder, scrapes `scrape_target` every second and loads
-deploy/prometheus/rules.yml. `scrape_target` is the real app (`service.main.create_app`)
-served by uvicorn on a free loopback port, with its own Redis key prefix and real traffic: a
-furnace's streams read by the consumer (one poison entry included), windows POSTed over HTTP
-(one rejected). `serve_metrics` serves a bare `Metrics` object instead, for debugging. The
-binaries must be installed (`.ci/run` does it): these tests fail, never skip, without them.
+Debian's `prometheus` (2.42, the version floor in docs/design/serving.md) listens on a free loopback
+port with a temporary storage folder, scrapes `scrape_target` every second and loads
+deploy/prometheus/rules.yml. `scrape_target` is the real app (`service.main.create_app`) served by
+uvicorn on a free loopback port, with its own Redis key prefix and real traffic: a furnace's streams
+read by the consumer (one poison entry included), windows POSTed over HTTP (one rejected).
+`serve_metrics` serves a bare `Metrics` object instead, for debugging. The binaries must be
+installed (`.ci/run` does it): these tests fail, never skip, without them.
 """
 
 from __future__ import annotations

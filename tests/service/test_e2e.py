@@ -12,9 +12,8 @@ it (alert delay per scheduled condition, episodes opened outside any condition) 
 summary (`pytest -s`; docs/service.md quotes it). For the shipped default bundle it also gates
 on the issue's goal: every scheduled condition alerted within its expected delay
 (`EXPECTED_DELAY_S`, from the onset dynamics of docs/design/furnace.md 4.2) and no alert episode in
-a
-normal stretch. The replay and ONNX Runtime on the CPU are deterministic, so a failure means
-a worse bundle, not chance.
+a normal stretch. The replay and ONNX Runtime on the CPU are deterministic, so a failure means a
+worse bundle, not chance.
 """
 
 from __future__ import annotations

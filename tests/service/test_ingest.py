@@ -1,6 +1,5 @@
 """Stream ingestion against the real Redis (docs/design/serving.md 1-2): consumer group reads,
-windows on
-the hop grid, dead letters, XAUTOCLAIM recovery, a killed consumer, shard ownership.
+windows on the hop grid, dead letters, XAUTOCLAIM recovery, a killed consumer, shard ownership.
 
 The plant is `simulator.replay.Replay` at speed 0 with a fixed t0, published once per module
 and copied (`COPY`) under each test's own prefix; synthetic streams stand in where a test
@@ -601,9 +600,9 @@ def test_a_backlog_whose_frames_were_trimmed_is_scored_on_current_alone(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
 ) -> None:
     """docs/design/serving.md 1.6: after an outage the camera stream (kept for minutes) holds only
-    the
-    last frames while the current (kept for an hour) holds it all. Reading both in batches,
-    the frames run far ahead of the current; no window may close before its current is read."""
+    the last frames while the current (kept for an hour) holds it all. Reading both in batches, the
+    frames run far ahead of the current; no window may close before its current is read.
+    """
     start, seconds, frames_from = T0 + 1600.0, 300.0, 240.0
     publish_synthetic(redis_client, key_prefix, "b1", spec, start, seconds)
     cam = f"{key_prefix}furnace:b1:camera"

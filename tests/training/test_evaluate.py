@@ -24,7 +24,7 @@ CMG_ROWS = (
 
 
 def test_metrics_json_has_every_setting_in_the_documented_shape(
-    tiny_run: Path, easy_data: dict[str, Path], tmp_path: Path
+    tiny_run: Path, tiny_bundle: Path, easy_data: dict[str, Path], tmp_path: Path
 ) -> None:
     evaluate(tiny_run, easy_data["test"], tmp_path, baselines=False, progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -49,10 +49,15 @@ def test_metrics_json_has_every_setting_in_the_documented_shape(
         # the threshold moves the alarms only, not the naming or the ranking
         for key in ("macro_f1", "auroc"):
             np.testing.assert_equal(unchanged[key], row[key])
-    # the decision a bundle of this run makes: its shipped head, fused by the max rule
+    # the decision a bundle of this run makes: its graphs' heads, fused by the max rule
     shipped = metrics["shipped"]
-    assert shipped["head"] == "current"
+    bundle = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert shipped["heads"] == bundle["heads"] and shipped["head"] == bundle["head"]
+    assert shipped["fused"]["threshold"] == pytest.approx(bundle["thresholds"]["fused"])
     assert shipped["fused"]["n_windows"] == settings["fused"]["n_windows"]
     assert math.isfinite(shipped["fused"]["threshold"])
+    for m in ("current", "camera"):
+        assert shipped[f"{m}_only"]["n_windows"] == settings[f"{m}_only"]["n_windows"]
+        assert shipped[f"{m}_only"]["threshold"] == pytest.approx(bundle["thresholds"][m])
     report = (tmp_path / "report.html").read_text()
     assert "zero_shot_current_to_camera" in report

@@ -30,9 +30,15 @@ def test_manifest_records_what_the_service_needs(tiny_bundle: Path, tiny_run: Pa
     assert raw["format"] == "furnace-sentinel-bundle" and raw["format_version"] == 1
     assert raw["window"]["segments"] == cfg.cmg.segments and raw["window"]["frame_px"] == 64
     assert raw["class_names"][0] == "normal" and raw["codebook_size"] == 16
-    assert raw["head"] == cfg.train.label_modality
+    assert set(raw["heads"]) == {"current", "camera"} and set(raw["head_selection"]) == set(
+        raw["heads"]
+    )
+    names = set(raw["heads"].values())
+    mixed = f"current={raw['heads']['current']},camera={raw['heads']['camera']}"
+    assert raw["head"] == (names.pop() if len(names) == 1 else mixed)
     assert raw["thresholds"]["target_far"] == log["target_far"]
-    assert raw["thresholds"]["fused"] == log["thresholds"][raw["head"]]["fused"]
+    for m, head in raw["heads"].items():  # each graph's own head's calibration
+        assert raw["thresholds"][m] == pytest.approx(log["thresholds"][head][m], rel=1e-6)
     assert raw["thresholds"]["fusion"] == "max_ratio"
     for m in ("current", "camera"):
         assert sum(raw["code_usage"][m]) == pytest.approx(1.0, abs=1e-4)
@@ -48,7 +54,8 @@ def test_ort_matches_torch_on_held_out_windows(
     modality: str, tiny_bundle: Path, tiny_run: Path, held_out
 ) -> None:
     _, model, heads, _ = load_run(tiny_run)
-    scorer = ModalityScorer(model, heads["current"], modality)
+    shipped = json.loads((tiny_bundle / "manifest.json").read_text())["heads"][modality]
+    scorer = ModalityScorer(model, heads[shipped], modality)
     session = ort.InferenceSession(str(tiny_bundle / f"{modality}.onnx"))
     assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
     meta = session.get_modelmeta().custom_metadata_map
@@ -115,7 +122,7 @@ def test_a_long_context_run_exports_and_the_service_scores_stream_windows_alike(
     got = engine.score(windows)
     _, model, heads, _ = load_run(tmp_path / "run")
     ref = torch_outputs(
-        ModalityScorer(model, heads["current"], "current"),
+        ModalityScorer(model, heads[engine.manifest.heads["current"]], "current"),
         scorer_inputs(offline, "current", np.asarray(pick)),
     )
     for k, d in enumerate(got):

@@ -1,8 +1,7 @@
 """FMF-Benchmark V2 "pixel-level" layout: write simulator episodes to it, read it back.
 
 docs/design/furnace.md 8 (layout, time mapping, splits). The FMF files hold the clean observations;
-the
-`sentinel/` extension keeps what the public format lacks (classes, severity, faults), and faults
+the `sentinel/` extension keeps what the public format lacks (classes, severity, faults), and faults
 are applied on read (docs/design/furnace.md 6). `read_fmf` also reads the real download.
 """
 

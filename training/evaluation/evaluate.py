@@ -21,7 +21,15 @@ from training.config import RunConfig
 from training.data import MODALITIES, Windows
 from training.data.fmf import Recording
 from training.data.splits import SplitData, load_recordings, windows_of
-from training.decision import fuse, fused_decision, window_probs, zero_shot_thresholds
+from training.decision import (
+    fuse,
+    fused_decision,
+    head_label,
+    mixed_probs,
+    shipped_heads,
+    window_probs,
+    zero_shot_thresholds,
+)
 from training.evaluation.metrics import score_setting
 from training.run import load_run, split_for
 from training.train_head import Encoded, encode_all
@@ -113,18 +121,37 @@ def calibrate_zero_shot(
 
 
 def shipped_decision(
-    run: tuple[Any, ...], test: Windows, events: dict[str, Any], enc: dict[str, Encoded]
+    run: tuple[Any, ...],
+    test: Windows,
+    events: dict[str, Any],
+    enc: dict[str, Encoded],
+    data: SplitData | None = None,
 ) -> dict[str, Any]:
-    """What a bundle exported from this run decides with both sensors healthy: the
-    `label_modality` head on both modalities' codes, fused by the run's rule (the `fused` row
-    uses the head trained on both modalities' labels, which no bundle ships by default)."""
+    """What a bundle exported from this run decides (`training.decision.shipped_heads`, as
+    `furnace export` picks them on the run's validation windows): `fused` with both sensors
+    healthy, `current_only` and `camera_only` (each graph's head against its own threshold)
+    with the other sensor down. Without the training data (`data` None) the `label_modality`
+    head for both, with its own thresholds (bundles exported before per-modality heads).
+    The `fused` row of `settings` uses the head trained on both modalities' labels.
+    """
     cfg, model, heads, log = run
-    head = cfg.train.label_modality
-    thr = log["thresholds"][head]
+    if data is None:
+        chosen = dict.fromkeys(MODALITIES, cfg.train.label_modality)
+        thr = log["thresholds"][cfg.train.label_modality]
+    else:
+        selection, thr = shipped_heads(model, heads, log["thresholds"], data.val, log["target_far"])
+        chosen = selection.heads
+    probs = mixed_probs(model, {m: heads[chosen[m]] for m in MODALITIES}, test, enc)
     both_valid = test.valid_cur & test.valid_cam
-    probs, score = fused_decision(window_probs(model, heads[head], test, enc), thr)
-    row = score_setting("fused", test, probs, both_valid, thr["fused"], events, score=score)
-    return {"head": head, "fused": row}
+    fused_probs, score = fused_decision(probs, thr)
+    out: dict[str, Any] = {"head": head_label(chosen), "heads": chosen}
+    out["fused"] = score_setting(
+        "fused", test, fused_probs, both_valid, thr["fused"], events, score=score
+    )
+    for m in MODALITIES:
+        p, valid, _ = probs[m]
+        out[f"{m}_only"] = score_setting(f"{m}_only", test, p, valid, thr[m], events)
+    return out
 
 
 def baseline_settings(
@@ -215,7 +242,7 @@ def evaluate(
         "test_furnaces": sorted({r.furnace_id or r.name for r in recs}),
         "evidence": EVIDENCE,
         "settings": settings,
-        "shipped": shipped_decision(run, test, events, enc),
+        "shipped": shipped_decision(run, test, events, enc, data),
         "ablation_runs": ablation_runs,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

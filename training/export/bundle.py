@@ -2,7 +2,9 @@
 
 `service/bundle.py` owns the format (reader + verifier); training never imports service/, so
 the two constants below are repeated there, and tests/contract/ checks that a bundle written
-here is accepted there (docs/design/style.md 1).
+here is accepted there (docs/design/style.md 1). Nothing here imports torch, and onnx only
+when a graph is stamped, so torch-free code (`furnace calibrate-alerts`) can rewrite a
+manifest with `rewrite_manifest`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
-
-import onnx
 
 BUNDLE_FORMAT = "furnace-sentinel-bundle"
 FORMAT_VERSION = 1
@@ -46,15 +46,39 @@ def write_manifest(folder: Path, manifest: dict[str, Any], *, graphs: list[str])
     files = sorted({*graphs, manifest["golden"]})
     out = {**manifest, "model_version": version}
     out["files"] = {name: sha256_file(folder / name) for name in files}
+    return _write(folder, out)
+
+
+def rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    """Write a changed manifest for an existing bundle (a recalibrated alert policy and
+    thresholds): graphs, golden file and `model_version` stay as they are (the weights did
+    not change), so nothing is re-stamped. Every file in `manifest["files"]` must still match
+    its sha256, so a rewrite never blesses a changed graph.
+
+    Raises:
+        ValueError: a listed file is missing or its sha256 differs from the manifest's.
+    """
+    for name, expected in sorted(manifest["files"].items()):
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != expected:
+            msg = f"{path}: missing or changed since export; re-export the bundle"
+            raise ValueError(msg)
+    return _write(folder, manifest)
+
+
+def _write(folder: Path, manifest: dict[str, Any]) -> Path:
     path = folder / "manifest.json"
-    path.write_text(
-        json.dumps(_finite(out), indent=2, allow_nan=False, default=_json_default) + "\n"
-    )
+    text = json.dumps(_finite(manifest), indent=2, allow_nan=False, default=_json_default)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)  # a reader never sees half a manifest
     return path
 
 
 def stamp_metadata(path: Path, meta: dict[str, str]) -> None:
     """Put `meta` into the graph's metadata_props (ORT: get_modelmeta().custom_metadata_map)."""
+    import onnx
+
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     for key, value in meta.items():

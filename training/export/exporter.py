@@ -35,6 +35,7 @@ from torch.export import Dim
 from model.scorer import ModalityScorer
 from training.data import MODALITIES, Windows, valid_for
 from training.data.splits import load_recordings
+from training.decision import head_label, shipped_heads
 from training.export.bundle import BUNDLE_FORMAT, FORMAT_VERSION, write_manifest
 from training.run import load_run, split_for, subsample
 
@@ -148,30 +149,48 @@ def export_bundle(
     *,
     data_dir: str | Path | None = None,
     head: str | None = None,
+    heads: dict[str, str] | None = None,
     metrics_path: str | Path | None = None,
     name: str | None = None,
 ) -> Path:
     """Export a run into a bundle folder and verify ORT against torch on held-out windows.
 
+    Each modality's graph carries its own head (`training.decision.shipped_heads`): by
+    default the one, among the heads trained with that modality's labels (`m` or `both`),
+    whose service decision is best on the run's validation furnaces; a zero-shot head only
+    when the run has none (docs/export.md "Heads"). The fused threshold is calibrated again
+    for the pair (`training.decision.calibrate_mixed`).
+
     Args:
         run_dir: the run (`furnace train --out`).
         out_dir: the bundle folder to write (created; existing bundle files are replaced).
-        data_dir: the training data, for the code-usage histogram and the held-out golden
-            windows (validation furnaces); default: the path the run recorded.
-        head: which head ships (`current`, `camera`, `both`); default: the run's
-            label_modality, the head the run was calibrated and selected for.
+        data_dir: the training data, for the head selection and calibration, the code-usage
+            histogram and the held-out golden windows (validation furnaces); default: the
+            path the run recorded.
+        head: one head (`current`, `camera`, `both`) for both graphs, instead of the rule.
+        heads: modality -> head name for the given modalities (overrides `head`); the
+            others follow the rule.
         metrics_path: an evaluation's metrics.json to record in the manifest.
         name: the bundle name (default: the folder name) that prefixes the model version.
 
     Returns:
         The manifest path.
+
+    Raises:
+        ValueError: a head or modality the run does not have.
+        FileNotFoundError: no run or no training data.
     """
     t0 = time.perf_counter()
-    cfg, model, heads, log = load_run(run_dir)
-    head_name = head or cfg.train.label_modality
-    if head_name not in heads:
-        msg = f"head {head_name!r} not in the run (has {sorted(heads)})"
-        raise ValueError(msg)
+    cfg, model, run_heads, log = load_run(run_dir)
+    fixed = dict.fromkeys(MODALITIES, head) if head is not None else {}
+    fixed |= heads or {}
+    for m, h in fixed.items():
+        if m not in MODALITIES:
+            msg = f"heads are chosen per modality {MODALITIES}, got {m!r}"
+            raise ValueError(msg)
+        if h not in run_heads:
+            msg = f"head {h!r} not in the run (has {sorted(run_heads)})"
+            raise ValueError(msg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.onnx"):
@@ -182,7 +201,13 @@ def export_bundle(
         raise FileNotFoundError(msg)
     data = split_for(cfg, load_recordings(data_path))
 
-    scorers = {m: ModalityScorer(model, heads[head_name], m) for m in MODALITIES}
+    selection, cal = shipped_heads(
+        model, run_heads, log["thresholds"], data.val, log["target_far"], fixed=fixed
+    )
+    chosen = selection.heads
+    for m in MODALITIES:
+        logger.info("%s graph: head %r (%s)", m, chosen[m], selection.report[m]["rule"])
+    scorers = {m: ModalityScorer(model, run_heads[chosen[m]], m) for m in MODALITIES}
     golden: dict[str, NDArray[Any]] = {}
     graphs: dict[str, Any] = {}
     usage: dict[str, list[float]] = {}
@@ -228,10 +253,12 @@ def export_bundle(
         "codebook_size": int(scorers["current"].codebook.shape[0]),
         "codes_per_segment": int(cfg.cmg.code_groups),  # codes per window = segments x this
         "code_dim": int(scorers["current"].codebook.shape[1]),
-        "head": head_name,
+        "head": head_label(chosen),
+        "heads": chosen,
+        "head_selection": selection.report,
         "graphs": graphs,
         "golden": "golden.npz",
-        "thresholds": _thresholds(log["thresholds"][head_name], log["target_far"]),
+        "thresholds": _thresholds(cal, log["target_far"]),
         "code_usage": usage,
         "parity": parity,
         "metrics": metrics,
@@ -248,13 +275,13 @@ def export_bundle(
     return path
 
 
-def _thresholds(head: dict[str, float], target_far: float) -> dict[str, Any]:
+def _thresholds(cal: dict[str, float], target_far: float) -> dict[str, Any]:
     """The manifest's thresholds; `fusion` names the rule `fused` belongs to (service.engine).
 
     Runs calibrated since the max-ratio rule carry `fused_average` beside `fused`.
     """
-    fusion = "max_ratio" if "fused_average" in head else "average"
-    keep = {k: float(head[k]) for k in ("current", "camera", "fused")}
+    fusion = "max_ratio" if "fused_average" in cal else "average"
+    keep = {k: float(cal[k]) for k in ("current", "camera", "fused")}
     return {**keep, "fusion": fusion, "target_far": target_far}
 
 
