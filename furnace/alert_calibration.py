@@ -491,23 +491,9 @@ def outcome(
 
 def _detection(fid: str, w: WindowResult, thr: Thresholds, names: tuple[str, ...]) -> Detection:
     """The window re-decided under `thr` with the engine's own rule."""
-    from service.detection import Detection
     from service.engine import decide
 
-    d = decide(w.results, w.used, thr, names)
-    return Detection(
-        furnace_id=fid,
-        window_end=w.window_end,
-        condition=d.condition,
-        probabilities=d.probabilities,
-        score=d.score,
-        threshold=d.threshold,
-        is_abnormal=d.is_abnormal,
-        modalities=w.used,
-        health={},
-        lead=d.lead,
-        class_names=names,
-    )
+    return decide(w.results, w.used, thr, names).detection(fid, w.window_end, w.used, names)
 
 
 def replay_full(data: CalibrationData, candidate: Candidate, setting: str) -> SettingOutcome:

@@ -196,21 +196,15 @@ class Engine:
             a, b = results["current"].codes, results["camera"].codes
             agreement = float(np.mean(np.asarray(a) == np.asarray(b)))
         d = decide(results, used, self.manifest.thresholds, self.manifest.class_names)
-        return Detection(
-            furnace_id=w.furnace_id,
-            window_end=w.end,
-            condition=d.condition,
-            probabilities=d.probabilities,
-            score=d.score,
-            threshold=d.threshold,
-            is_abnormal=d.is_abnormal,
-            modalities=used,
+        return d.detection(
+            w.furnace_id,
+            w.end,
+            used,
+            self.manifest.class_names,
             health={m: w.health(m) for m in MODALITIES},
             per_modality=results,
             code_agreement=agreement,
-            lead=d.lead,
             model_version=self.model_version,
-            class_names=self.manifest.class_names,
         )
 
 
@@ -226,6 +220,36 @@ class Decision:
     threshold: float  # NaN when no modality decided
     is_abnormal: bool
     lead: str = ""  # max_ratio: the modality whose ratio is the score; else ""
+
+    def detection(
+        self,
+        furnace_id: str,
+        window_end: float,
+        modalities: tuple[str, ...],
+        class_names: tuple[str, ...],
+        *,
+        health: dict[str, str] | None = None,
+        per_modality: dict[str, ModalityResult] | None = None,
+        code_agreement: float | None = None,
+        model_version: str = "",
+    ) -> Detection:
+        """This decision as the `Detection` of one furnace's window."""
+        return Detection(
+            furnace_id=furnace_id,
+            window_end=window_end,
+            condition=self.condition,
+            probabilities=self.probabilities,
+            score=self.score,
+            threshold=self.threshold,
+            is_abnormal=self.is_abnormal,
+            modalities=modalities,
+            health=health or {},
+            per_modality=per_modality or {},
+            code_agreement=code_agreement,
+            lead=self.lead,
+            model_version=model_version,
+            class_names=class_names,
+        )
 
 
 def decide(

@@ -24,6 +24,7 @@ from furnace.alert_calibration import (
     WindowResult,
     _looser,
     alone_score_thresholds,
+    base_thresholds,
     replay_full,
     search,
 )
@@ -376,6 +377,7 @@ def _with_policy(tmp_path: Path, policy: dict[str, object] | None) -> Path:
     folder = tmp_path / "bundle"
     shutil.copytree(DEFAULT, folder)
     raw = json.loads((folder / "manifest.json").read_text())
+    raw.pop("alert_policy", None)  # as exported before alert policies existed
     if policy is not None:
         raw["alert_policy"] = policy
     rewrite_manifest(folder, raw)
@@ -383,7 +385,7 @@ def _with_policy(tmp_path: Path, policy: dict[str, object] | None) -> Path:
 
 
 def test_the_bundle_policy_is_parsed_and_old_manifests_have_none(tmp_path: Path) -> None:
-    assert read_manifest(DEFAULT).alert_policy is None  # exported before alert_policy
+    assert read_manifest(_with_policy(tmp_path / "old", None)).alert_policy is None
     folder = _with_policy(tmp_path, {"k": 6, "n": 8, "m": 3, "measured": {}})
     assert read_manifest(folder).alert_policy == BundleAlertPolicy(6, 8, 3, None)
     raw = json.loads((folder / "manifest.json").read_text())
@@ -551,16 +553,15 @@ def test_calibrate_alerts_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
     assert policy["calibration_data"]["furnace_hours"] == pytest.approx(0.3)
     assert set(policy["measured"]) == {"both", "current_only", "camera_only"}
     per = raw["thresholds_per_window"]
-    assert per["current"] == before.thresholds.current
+    base = base_thresholds(before.raw, before.thresholds)  # models/default is calibrated too
+    assert per["current"] == base.current and per["camera"] == base.camera
     c = Candidate(policy["k"], policy["n"], policy["m"], **policy["factors"])
-    expected = c.thresholds(before.thresholds)
+    expected = c.thresholds(base)
     assert after.thresholds == expected
     if policy["met_target"]:
         assert all(m["false_episodes"] == 0 for m in policy["measured"].values())
     else:
         assert policy["note"] and "NOTE:" in run.stdout
     # recalibrating the calibrated copy starts from the per-window thresholds again
-    from furnace.alert_calibration import base_thresholds
-
-    assert base_thresholds(raw, after.thresholds) == before.thresholds
-    assert before.alert_policy is None  # --out left the source bundle alone
+    assert base_thresholds(raw, after.thresholds) == base
+    assert verify_bundle(DEFAULT).raw == before.raw  # --out left the source bundle alone
