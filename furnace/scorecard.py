@@ -59,7 +59,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,7 @@ from numpy.typing import NDArray
 from simulator.config import CLASS_INDEX, CLASS_NAMES
 
 if TYPE_CHECKING:
-    from service.alerting import AlertPolicy
+    from service.alerting import AlertEpisode, AlertPolicy
     from service.bundle import BundleAlertPolicy
     from service.detection import Detection
     from service.engine import Engine
@@ -519,30 +519,22 @@ def apply_policy(detections: Iterable[Detection], furnace_id: str, policy: Alert
             ep = ev.episode
             if ev.kind == "opened":
                 opened[ep.id] = EpisodeRecord(furnace_id, ep.opened_at, ep.condition, ep.condition)
-            rec = opened[ep.id]
-            opened[ep.id] = EpisodeRecord(
-                furnace_id,
-                rec.opened_at,
-                rec.condition,
-                ep.condition,
-                ep.closed_at,
-                ep.raised_by,
-                ep.peak_score,
-            )
-    if state.episode is not None:  # still open at the end of the data
-        ep = state.episode
-        rec = opened[ep.id]
-        opened[ep.id] = EpisodeRecord(
-            furnace_id,
-            rec.opened_at,
-            rec.condition,
-            ep.condition,
-            None,
-            ep.raised_by,
-            ep.peak_score,
-        )
+            opened[ep.id] = _latest(opened[ep.id], ep)
+    if state.episode is not None:  # still open at the end of the data (closed_at is None)
+        opened[state.episode.id] = _latest(opened[state.episode.id], state.episode)
     trace.episodes = sorted(opened.values(), key=lambda e: e.opened_at)
     return trace
+
+
+def _latest(record: EpisodeRecord, ep: AlertEpisode) -> EpisodeRecord:
+    """The record as of the episode's latest event: condition, close, origin and peak."""
+    return replace(
+        record,
+        final_condition=ep.condition,
+        closed_at=ep.closed_at,
+        raised_by=ep.raised_by,
+        peak_score=ep.peak_score,
+    )
 
 
 # --------------------------------------------------------------------------- the scorecard

@@ -32,17 +32,11 @@ from furnace.scorecard import TruthEvent
 from service.bundle import BundleAlertPolicy, BundleError, Thresholds, read_manifest
 from service.detection import ModalityResult
 from service.engine import decide
+from simulator.config import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "models" / "default"
-NAMES = (
-    "normal",
-    "semi_molten",
-    "overheating",
-    "eruption",
-    "abnormal_exhaust",
-    "electrode_breakage",
-)
+NAMES = CLASS_NAMES
 T0 = 1_767_225_600.0
 THR = Thresholds(current=0.9, camera=0.8, fused=1.0, target_far=0.01, fusion="max_ratio")
 
