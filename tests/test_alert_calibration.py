@@ -9,8 +9,6 @@ import json
 import math
 import random
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from service.bundle import BundleAlertPolicy, BundleError, Thresholds, read_mani
 from service.detection import ModalityResult
 from service.engine import decide
 from simulator.config import CLASS_NAMES
+from tests.helpers.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "models" / "default"
@@ -525,16 +524,23 @@ def test_calibrate_alerts_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
     from service.bundle import verify_bundle
 
     out = tmp_path / "calibrated"
-    code = (
-        "import sys; from furnace.cli import main; "
-        f"rc = main(['calibrate-alerts', '--bundle', {str(DEFAULT)!r}, '--data', "
-        f"{str(tiny_data)!r}, '--furnaces', 's3f000,s3f001,s3f002', "
-        f"'--target-false-per-10h', '1', '--out', {str(out)!r}]); "
-        "print('torch loaded:', 'torch' in sys.modules); sys.exit(rc)"
+    run, torch_loaded = run_cli(
+        [
+            "calibrate-alerts",
+            "--bundle",
+            str(DEFAULT),
+            "--data",
+            str(tiny_data),
+            "--furnaces",
+            "s3f000,s3f001,s3f002",
+            "--target-false-per-10h",
+            "1",
+            "--out",
+            str(out),
+        ]
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "torch loaded: False" in run.stdout
+    assert not torch_loaded
     assert "| both | after |" in run.stdout and "alert policy: open on" in run.stdout
     before, after = verify_bundle(DEFAULT), verify_bundle(out)
     assert after.model_version == before.model_version and after.files == before.files

@@ -4,8 +4,6 @@ the consumer's, and one end-to-end run on a tiny simulated dataset (models/defau
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from furnace.scorecard import (
     window_arrays,
 )
 from simulator.config import CLASS_INDEX
+from tests.helpers.cli import run_cli
 
 T0 = 1_767_225_600.0
 
@@ -273,15 +272,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_scorecard_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = (
-        "import sys; from furnace.cli import main; "
-        f"rc = main(['scorecard', '--bundle', 'default', '--data', {str(tiny_data)!r}, "
-        f"'--out', {str(out)!r}]); print('torch loaded:', 'torch' in sys.modules); "
-        "sys.exit(rc)"
+    run, torch_loaded = run_cli(
+        ["scorecard", "--bundle", "default", "--data", str(tiny_data), "--out", str(out)]
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "torch loaded: False" in run.stdout
+    assert not torch_loaded
     assert "| both |" in run.stdout and "| camera_only |" in run.stdout
     card = json.loads((out / "scorecard.json").read_text())
     assert Path(card["bundle"]).name == "default"
