@@ -3,8 +3,7 @@
     .venv/bin/python bench/inference_speed.py --run runs/default --bundle models/default
 
 Both sides use one intra-op thread (the service's default, docs/design/serving.md 3.1). Prints the
-median
-time per call at batch 1 and 64 for each modality and the torch/ORT ratio; also the parity of
+median time per call at batch 1 and 64 for each modality and the torch/ORT ratio; also the parity of
 the two on the same held-out windows. Results go to docs/benchmarks.md.
 """
 

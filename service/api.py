@@ -1,8 +1,7 @@
 """HTTP routes (docs/design/architecture.md "Interfaces"): windows in, detections and state out,
-model
-admin, health and metrics. Inference runs in the executor, never on the event loop. Routes get
-the runtime, engine and Redis client through the dependencies of service/deps.py (503 while
-one is not ready); every JSON route declares its response model (service/schemas.py)."""
+model admin, health and metrics. Inference runs in the executor, never on the event loop. Routes get
+the runtime, engine and Redis client through the dependencies of service/deps.py (503 while one is
+not ready); every JSON route declares its response model (service/schemas.py)."""
 
 from __future__ import annotations
 

@@ -103,8 +103,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def _shutdown(rt: Runtime) -> None:
     """docs/design/serving.md 5.4: stop reading, let the batch in hand finish and ack, release the
-    lease,
-    close the Redis clients; whatever was not acked stays pending for the restart."""
+    lease, close the Redis clients; whatever was not acked stays pending for the restart.
+    """
     rt.draining = True
     if rt.watch_task is not None:
         rt.watch_task.cancel()

@@ -1,6 +1,5 @@
 """The read loop's batch path (docs/design/serving.md 1.2-1.4, 1.7): XREADGROUP -> window
-assemblers ->
-scores -> commits -> XACK.
+assemblers -> scores -> commits -> XACK.
 
 `read_once` reads one batch (`XREADGROUP ... COUNT n`) over every owned stream; `process`
 feeds it to the per-furnace window assemblers by sensor timestamp, scores every window the

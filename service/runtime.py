@@ -1,8 +1,7 @@
 """What the routes and the stream consumer share, one per app: settings, metrics, the inference
 executor, the alert policy, the loaded engine, the Redis client and the consumer, plus the
 model reload (docs/design/serving.md 3.2) and per-detection metrics. `service/main.py` builds and
-runs it,
-`service/api.py` reads it through the dependencies of `service/deps.py`.
+runs it, `service/api.py` reads it through the dependencies of `service/deps.py`.
 """
 
 from __future__ import annotations
@@ -157,8 +156,8 @@ class Runtime:
     async def follow_desired(self) -> None:
         """Reload when `{prefix}model:desired` names another bundle than the last one seen
         (docs/design/serving.md 3.2: each replica reloads itself). A refused bundle is not retried
-        until
-        the key changes again; while another reload runs, the next poll looks again."""
+        until the key changes again; while another reload runs, the next poll looks again.
+        """
         raw = await self.redis().get(Keys(self.settings.key_prefix).model_desired)
         if raw is None:
             return

@@ -1,6 +1,5 @@
 """`furnace export`: a trained run -> a verified model bundle the service loads
-(docs/design/architecture.md
-"Model bundle", docs/design/serving.md 3.3).
+(docs/design/architecture.md "Model bundle", docs/design/serving.md 3.3).
 
 One ONNX graph per modality wraps `model.scorer.ModalityScorer`: raw window in (current in
 amperes with its per-phase baseline, or uint8 64x64 RGB frames), normalisation inside the
@@ -11,8 +10,7 @@ and `manifest.json` (training/export/bundle.py).
 
 We export with the `torch.export`-based exporter (`dynamo=True`, `dynamic_shapes` with a
 batch Dim, example batch >= 2), as docs/design/serving.md 3.3 recommends; docs/export.md has the
-measured
-comparison with the TorchScript exporter.
+measured comparison with the TorchScript exporter.
 """
 
 from __future__ import annotations
