@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-fast test-all lint format demo clean results model
+.PHONY: install test test-fast test-all lint format demo clean results model reliability compose-smoke image-lock
 
 install: $(BIN)/furnace
 
@@ -21,10 +21,27 @@ test: install
 
 # The inner loop (under 2 minutes on 2 cores): no training, export, demo or big simulations.
 test-fast: install
-	$(BIN)/pytest -q -m 'not slow and not gpu and not heavy'
+	$(BIN)/pytest -q -m 'not slow and not gpu and not heavy and not compose'
 
+# Everything but the compose smoke test (it needs root and dockerd: make compose-smoke).
 test-all: install
-	$(BIN)/pytest -q -m ''
+	$(BIN)/pytest -q -m 'not compose'
+
+# The compose stack built without a registry (Debian packages + PyPI) and run with dockerd:
+# build, up, /readyz, detections, Prometheus scrapes, down (docs/deploy.md, "Air-gapped build").
+compose-smoke: install
+	$(BIN)/pytest -q -m compose --durations=0 tests/deploy/test_compose_smoke.py
+
+# The image's pinned Python dependencies (deploy/requirements-serve.txt, which the Dockerfile
+# installs with --require-hashes): rerun after changing the serve extra; existing pins are
+# kept, LOCK_FLAGS=--upgrade takes the newest releases. Python 3.11, every platform.
+UV_VERSION ?= 0.13.9
+LOCK_FLAGS ?=
+image-lock: install
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml deploy/requirements-serve.in --extra serve \
+		--universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command 'make image-lock' $(LOCK_FLAGS) -o deploy/requirements-serve.txt
 
 lint: install
 	$(BIN)/ruff check .
@@ -38,6 +55,10 @@ format: install
 
 demo: install
 	$(BIN)/furnace demo
+
+# docs/reliability.md: every fault and bad input the tests inflict, with this run's outcome.
+reliability: install
+	$(BIN)/pytest -q -m fault --reliability-report docs/reliability.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
@@ -71,10 +92,13 @@ results: runs/default/checkpoint.pt $(foreach a,$(ABLATIONS),runs/ablation_$(a)/
 
 # Regenerate the shipped bundle models/default (docs/model-card.md): export, calibrate the alert
 # policy on the validation furnaces plus data/cal, then the held-out scorecard.
+# Signed with the repository's DEVELOPMENT key (keys/, docs/export.md "Signing"); Ed25519 is
+# deterministic, so the signature is reproduced too. Production: SIGNING_KEY=your.key.
+SIGNING_KEY ?= keys/dev-bundle.key
 model: runs/default/checkpoint.pt data/test/dataset.json data/cal/dataset.json data/score12/dataset.json
 	$(BIN)/furnace evaluate --run runs/default --data data/test --out out/eval --no-baselines
 	$(BIN)/furnace export --run runs/default --out models/default --data data/train \
-		--metrics out/eval/metrics.json --no-alert-calibration
+		--metrics out/eval/metrics.json --no-alert-calibration --signing-key $(SIGNING_KEY)
 	$(BIN)/furnace calibrate-alerts --bundle models/default --data data/train --furnaces val \
-		--data data/cal --furnaces all
+		--data data/cal --furnaces all --signing-key $(SIGNING_KEY)
 	$(BIN)/furnace scorecard --bundle models/default --data data/score12 --out out/scorecard

@@ -55,6 +55,7 @@ def _settings(args: argparse.Namespace, prefix: str, workers: int) -> Settings:
         auth_disabled=True,
         exit_on_consumer_failure=False,
         inference_workers=workers,
+        trusted_keys_file=Path(__file__).resolve().parents[1] / "keys" / "dev-bundle.pub",
         block_ms=200,
         discovery_interval_seconds=0.2,
     )

@@ -72,6 +72,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -89,8 +90,12 @@ from furnace.scorecard import (
     match_events,
 )
 from service.bundle import RATIO_FLOOR
+from service.signing import SIGNATURE_FILE
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from furnace.scorecard import Entries, ServiceSettings
     from service.alerting import AlertPolicy
     from service.bundle import Thresholds
     from service.detection import Detection, ModalityResult
@@ -211,7 +216,7 @@ def collect(
     """
     from tqdm import tqdm
 
-    from furnace.scorecard import assemble, load_furnace, score_windows, service_settings
+    from furnace.scorecard import load_furnace, service_settings
 
     _, service = service_settings(str(engine.manifest.folder))
     spec = engine.manifest.window
@@ -219,19 +224,11 @@ def collect(
     runs = []
     for name in tqdm(list(names), desc="alert calibration", unit="furnace", disable=not progress):
         truth, entries = load_furnace(data, name, spec)
-        run = FurnaceRun(truth.furnace_id, name, truth.duration_s / 3600.0, {}, {})
+        run = replay_entries(
+            engine, entries, truth.furnace_id, name, truth.duration_s / 3600.0, settings, service
+        )
         for setting in settings:
-            mods = SETTINGS[setting]
-            windows = assemble(entries, truth.furnace_id, spec, mods, service)
-            kept, undecided = [], 0
-            for det in score_windows(engine, windows):
-                if det.decided:
-                    kept.append(_compact(det))
-                else:
-                    undecided += 1
-            run.windows[setting] = kept
-            run.undecided[setting] = undecided
-            run.events[setting] = truth.events_for(mods) if labels else []
+            run.events[setting] = truth.events_for(SETTINGS[setting]) if labels else []
         runs.append(run)
     manifest = engine.manifest
     return CalibrationData(
@@ -247,6 +244,34 @@ def collect(
             "replay_seconds": round(time.perf_counter() - t0, 1),
         },
     )
+
+
+def replay_entries(
+    engine: Engine,
+    entries: Entries,
+    furnace_id: str,
+    name: str,
+    furnace_hours: float,
+    settings: Sequence[str],
+    service: ServiceSettings,
+) -> FurnaceRun:
+    """One recording's stream entries replayed under each setting: its decided windows (no
+    events; the caller adds them where it has labels)."""
+    from furnace.scorecard import assemble, score_windows
+
+    run = FurnaceRun(furnace_id, name, furnace_hours, {}, {})
+    for setting in settings:
+        windows = assemble(entries, furnace_id, engine.manifest.window, SETTINGS[setting], service)
+        kept, undecided = [], 0
+        for det in score_windows(engine, windows):
+            if det.decided:
+                kept.append(_compact(det))
+            else:
+                undecided += 1
+        run.windows[setting] = kept
+        run.undecided[setting] = undecided
+        run.events[setting] = []
+    return run
 
 
 def furnace_recordings(data: str | Path, furnaces: Iterable[str]) -> list[str]:
@@ -791,9 +816,31 @@ def _threshold_values(thr: Thresholds) -> dict[str, float]:
     return out
 
 
-def write_calibration(folder: Path, data: CalibrationData, result: SearchResult) -> Path:
+def _signing_key(bundle: Path, path: str | Path | None) -> Ed25519PrivateKey | None:
+    """The key that re-signs the manifest: `path`, else FURNACE_SIGNING_KEY; a signed bundle
+    needs one (its old signature will not match the rewritten manifest)."""
+    from training.export.signing import is_signed, load_signing_key
+
+    path = path if path is not None else os.environ.get("FURNACE_SIGNING_KEY") or None
+    if path is not None:
+        return load_signing_key(path)
+    if is_signed(bundle):
+        msg = f"{bundle} is signed: give --signing-key (or FURNACE_SIGNING_KEY) so the "
+        msg += "recalibrated manifest is signed again"
+        raise ValueError(msg)
+    return None
+
+
+def write_calibration(
+    folder: Path,
+    data: CalibrationData,
+    result: SearchResult,
+    *,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> Path:
     """Put the chosen policy and thresholds into `folder/manifest.json` through
-    `training.export.bundle.rewrite_manifest` (file hashes checked, model version kept)."""
+    `training.export.bundle.rewrite_manifest` (file hashes checked, model version kept),
+    signed with `signing_key` (docs/export.md "Signing")."""
     from service.bundle import verify_bundle
     from training.export.bundle import rewrite_manifest
 
@@ -810,7 +857,7 @@ def write_calibration(folder: Path, data: CalibrationData, result: SearchResult)
     kept = {k: v for k, v in raw["thresholds"].items() if not k.endswith("_alone")}
     raw["thresholds"] = {**kept, **_threshold_values(thr)}
     raw["alert_policy"] = policy_record(data, result)
-    rewrite_manifest(folder, raw)
+    rewrite_manifest(folder, raw, signing_key=signing_key)
     verify_bundle(folder)  # the service's reader must accept what was written
     return path
 
@@ -863,7 +910,8 @@ def copy_bundle(src: Path, out: Path) -> Path:
         raise ValueError(msg)
     manifest = read_manifest(src)
     out.mkdir(parents=True, exist_ok=True)
-    for name in [*manifest.files, "manifest.json"]:
+    signature = [SIGNATURE_FILE] if (src / SIGNATURE_FILE).is_file() else []
+    for name in [*manifest.files, "manifest.json", *signature]:
         shutil.copy2(src / name, out / name)
     return out
 
@@ -948,6 +996,7 @@ def calibrate_bundle(
     out: str | Path | None = None,
     grid: Grid | None = None,
     progress: bool = False,
+    signing_key: str | Path | None = None,
 ) -> dict[str, Any]:
     """Calibrate a bundle's alert policy on its validation furnaces (or other simulated
     furnaces) and write it into the manifest (in place, or into a copy at `out`).
@@ -963,6 +1012,8 @@ def calibrate_bundle(
         out: write a calibrated copy here instead of changing `bundle`.
         grid: the candidates (default `Grid()`).
         progress: tqdm bar over furnaces.
+        signing_key: the Ed25519 private key (PEM) that signs the rewritten manifest;
+            required when the bundle is signed (checked before the replay).
 
     Returns:
         The `alert_policy` object written, plus `bundle` (the folder written) and
@@ -970,7 +1021,8 @@ def calibrate_bundle(
 
     Raises:
         ValueError: no validation furnaces or data recorded and none given, a dataset
-            without the sentinel extension, or an `out` folder that is not empty.
+            without the sentinel extension, an `out` folder that is not empty, or a signed
+            bundle and no (valid) signing key.
         FileNotFoundError: the bundle or data folder does not exist.
         service.bundle.BundleError: the bundle does not verify.
     """
@@ -983,6 +1035,7 @@ def calibrate_bundle(
     if target_per_10h < 0 or not math.isfinite(target_per_10h):
         msg = f"the target must be a finite number >= 0, got {target_per_10h}"
         raise ValueError(msg)
+    key = _signing_key(src, signing_key)
     engine = Engine(src)
     recorded = (engine.manifest.raw.get("training") or {}).get("data") or {}
     sources = resolve_sources(data, furnaces, recorded, f"{src}/manifest.json")
@@ -993,7 +1046,7 @@ def calibrate_bundle(
     cal = pool(parts)
     result = search(cal, target_per_hour=target_per_10h / 10.0, grid=grid)
     folder = copy_bundle(src, Path(out)) if out is not None else src
-    write_calibration(folder, cal, result)
+    write_calibration(folder, cal, result, signing_key=key)
     record = policy_record(cal, result)
     thr = result.chosen.candidate.thresholds(cal.thresholds)
     return {**record, "bundle": str(folder), "thresholds": _threshold_values(thr)}

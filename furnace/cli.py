@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -161,24 +162,22 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.main import create_app
-    from service.settings import Settings
+    from service.server import server_config
+    from service.settings import Settings, bundle_problem, describe_errors
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        print(f"furnace serve: {problems} (docs/configuration.md)", file=sys.stderr)
+        print(f"furnace serve: {describe_errors(exc)} (docs/configuration.md)", file=sys.stderr)
+        return 2
+    problem = bundle_problem(settings)
+    if problem is not None:  # before uvicorn, whose failed startup prints a long traceback
+        print(f"furnace serve: {problem}", file=sys.stderr)
         return 2
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        timeout_graceful_shutdown=10,
-        limit_concurrency=settings.http_concurrency,
-        log_level="info",
-    )
+    # request deadlines, a connection cap, keep-alive and header limits (service/server.py)
+    uvicorn.Server(server_config(app, settings)).run()
     return 0
 
 
@@ -194,11 +193,17 @@ def _export(args: argparse.Namespace) -> int:
         head=args.head,
         heads={m: h for m, h in per_modality.items() if h is not None},
         metrics_path=args.metrics,
+        signing_key=args.signing_key,
     )
     manifest = verify_bundle(path.parent)  # the service's own reader must accept it
     raw = json.loads(path.read_text())
     size = sum((path.parent / f).stat().st_size for f in manifest.files)
     print(f"bundle {path.parent}  model_version {manifest.model_version}  {size / 1e6:.2f} MB")
+    if args.signing_key is None:
+        print(
+            "  unsigned (no --signing-key / FURNACE_SIGNING_KEY): the service serves it only "
+            "with FURNACE_ALLOW_UNSIGNED_BUNDLES=true (docs/export.md, Signing)"
+        )
     for m, fig in raw["parity"].items():
         print(
             f"  {m:7s} ORT vs torch on {fig['windows']} held-out windows: codes equal "
@@ -219,7 +224,9 @@ def _export(args: argparse.Namespace) -> int:
             "(sentinel/); run furnace calibrate-alerts --bundle DIR --data DIR later"
         )
         return 0
-    return _run_alert_calibration(path.parent, [data], None, args.target_false_per_10h, None)
+    return _run_alert_calibration(
+        path.parent, [data], None, args.target_false_per_10h, None, args.signing_key
+    )
 
 
 def _has_sentinel(data: Path) -> bool:
@@ -232,11 +239,18 @@ def _run_alert_calibration(
     furnaces: list[str] | None,
     target: float,
     out: str | None,
+    signing_key: str | None = None,
 ) -> int:
     from furnace.alert_calibration import calibrate_bundle, format_summary
 
     record = calibrate_bundle(
-        bundle, data=data, furnaces=furnaces, target_per_10h=target, out=out, progress=True
+        bundle,
+        data=data,
+        furnaces=furnaces,
+        target_per_10h=target,
+        out=out,
+        progress=True,
+        signing_key=signing_key,
     )
     source = record["calibration_data"]
     print(
@@ -251,11 +265,105 @@ def _run_alert_calibration(
 
 def _calibrate_alerts(args: argparse.Namespace) -> int:
     return _run_alert_calibration(
-        Path(args.bundle), args.data, args.furnaces, args.target_false_per_10h, args.out
+        Path(args.bundle),
+        args.data,
+        args.furnaces,
+        args.target_false_per_10h,
+        args.out,
+        args.signing_key,
     )
 
 
+def _columns(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        msg = f"--current-columns {text!r}: give three 0-based column numbers, e.g. 0,1,2"
+        raise ValueError(msg) from None
+
+
+def _import(args: argparse.Namespace) -> int:
+    from training.data.plant_csv import read_plant_csv, write_fmf
+
+    pc = read_plant_csv(
+        args.csv,
+        current_columns=_columns(args.current_columns),
+        time_column=args.time_column,
+        rate_hz=args.rate_hz,
+    )
+    root = write_fmf(pc, args.out, name=args.name)
+    s = pc.summary()
+    print(
+        f"imported {s['rows']} rows ({s['hours'] * 60:.1f} min at {s['rate_hz']:g} Hz, "
+        f"{s['start']} .. {s['end']}, {s['gaps']} gaps) from {args.csv}: time column "
+        f"{s['time_column']} ({s['time_format']}), phases in columns "
+        f"{','.join(map(str, s['current_columns']))} -> {root}"
+    )
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from furnace.scorecard import service_settings
+    from furnace.site_calibration import calibrate_site, format_summary
+
+    bundle, _ = service_settings(args.bundle)
+    record = calibrate_site(
+        bundle,
+        args.normal,
+        args.out,
+        target_per_10h=args.target_false_per_10h,
+        holdout_fraction=args.holdout_fraction,
+        current_columns=_columns(args.current_columns),
+        time_column=args.time_column,
+        rate_hz=args.rate_hz,
+        signing_key=args.signing_key,
+        progress=True,
+    )
+    print(format_summary(record))
+    return 0
+
+
+def _csv_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--current-columns",
+        help="0-based columns of phases A,B,C (default: detected; e.g. 0,1,2)",
+    )
+    p.add_argument("--time-column", type=int, help="0-based timestamp column (default: detected)")
+    p.add_argument(
+        "--rate-hz", type=float, help="sampling rate (default: estimated from the timestamps)"
+    )
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from training.export.signing import generate_key_pair
+
+    private, public = generate_key_pair(args.out, overwrite=args.force)
+    print(f"private key {private} (keep it secret; furnace export/sign --signing-key)")
+    print(f"public key  {public}: trust it with FURNACE_TRUSTED_KEYS_FILE={public}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from service.bundle import verify_bundle
+    from service.signing import BundleTrust
+    from training.export.signing import load_signing_key, public_key_text, sign_manifest
+
+    if args.signing_key is None:
+        print("furnace sign: give --signing-key (or FURNACE_SIGNING_KEY)", file=sys.stderr)
+        return 2
+    key = load_signing_key(args.signing_key)
+    folder = Path(args.bundle)
+    verify_bundle(folder)  # never sign a bundle whose files do not match its manifest
+    path = sign_manifest(folder, key)
+    manifest = verify_bundle(folder, trust=BundleTrust.from_texts([public_key_text(key)]))
+    print(f"signed {folder} ({manifest.model_version}) with key {manifest.signed_by}: {path}")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
+    import math
     import os
     import signal
     import threading
@@ -289,16 +397,40 @@ def _replay(args: argparse.Namespace) -> int:
     url = args.redis_url or os.environ.get("FURNACE_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = args.prefix if args.prefix is not None else os.environ.get("FURNACE_KEY_PREFIX", "")
     client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        print(
-            f"furnace replay: cannot reach Redis at {url} ({exc}); start redis-server or set "
-            "FURNACE_REDIS_URL",
-            file=sys.stderr,
-        )
-        return 2
-    replay = Replay(client, scenario, prefix=prefix, speed=args.speed)
+    delay, started = 0.5, time.monotonic()
+    while True:  # a refused connection (Redis still starting, restarting) is retried
+        try:
+            client.ping()
+            break
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            waited = time.monotonic() - started
+            if args.wait_redis is not None and waited + delay > args.wait_redis:
+                print(
+                    f"furnace replay: cannot reach Redis at {url} ({exc}) after {waited:.0f} s; "
+                    "start redis-server or set FURNACE_REDIS_URL",
+                    file=sys.stderr,
+                )
+                return 2
+            print(
+                f"furnace replay: cannot reach Redis at {url} ({exc}); retrying in {delay:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                time.sleep(delay)
+            except KeyboardInterrupt:
+                return 130
+            delay = min(delay * 2, 10.0)
+        except redis.RedisError as exc:  # e.g. authentication: retrying does not help
+            print(f"furnace replay: Redis at {url} refused us ({exc})", file=sys.stderr)
+            return 2
+    # Faster than real time, sensor time would run ahead of the wall clock, and the service
+    # dead-letters entries more than FURNACE_MAX_FUTURE_SKEW_SECONDS ahead: start in the past
+    # so that the last entry is published when its sensor time is due.
+    fast = args.speed == 0 or math.isinf(args.speed)
+    lead = scenario.duration_s * (1.0 if fast else max(0.0, 1.0 - 1.0 / args.speed))
+    t0 = time.time() - lead if lead > 0 else None
+    replay = Replay(client, scenario, prefix=prefix, speed=args.speed, t0=t0, reconnect=True)
     speed = "max speed" if replay.fast else f"{args.speed:g}x real time"
     print(
         f"replaying {len(scenario.furnaces)} furnaces x {scenario.minutes:g} min into {url} "
@@ -349,7 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="furnace",
         description="furnace-sentinel: abnormal-condition detection for fused magnesia furnaces",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="every library's log lines (debug level)"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser(
@@ -449,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="alert calibration: false episodes per 10 furnace-hours allowed in every sensor "
         "setting (default 1)",
     )
+    ex.add_argument(
+        "--signing-key",
+        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
+        help="Ed25519 private key (PEM, furnace keygen) to sign the bundle with "
+        "(default: $FURNACE_SIGNING_KEY; none: unsigned)",
+    )
     ex.set_defaults(func=_export)
 
     ca = sub.add_parser(
@@ -477,7 +618,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="false episodes per 10 furnace-hours allowed in every sensor setting (default 1)",
     )
     ca.add_argument("--out", help="write a calibrated copy here (default: change the bundle)")
+    ca.add_argument(
+        "--signing-key",
+        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
+        help="key that re-signs the rewritten manifest (default: $FURNACE_SIGNING_KEY); "
+        "required when the bundle is signed",
+    )
     ca.set_defaults(func=_calibrate_alerts)
+
+    im = sub.add_parser(
+        "import",
+        help="read a plant historian CSV export of the current into the FMF-Benchmark layout",
+    )
+    im.add_argument(
+        "--csv",
+        required=True,
+        help="the export: a timestamp column (ISO 8601, M/D/YYYY HH:MM:SS or Unix seconds) "
+        "and three phase-current columns in A, with or without a header",
+    )
+    im.add_argument("--out", required=True, help="dataset folder to write (or add to)")
+    im.add_argument("--name", help="recording name (default: the file name)")
+    _csv_options(im)
+    im.set_defaults(func=_import)
+
+    cb = sub.add_parser(
+        "calibrate",
+        help="calibrate a bundle on a site's unlabelled normal operation into a new bundle",
+    )
+    cb.add_argument("--bundle", required=True, help="bundle name under models/ or a folder")
+    cb.add_argument(
+        "--normal",
+        action="append",
+        required=True,
+        help="normal operation: a plant CSV export or an FMF-layout dataset folder; repeat it "
+        "for several",
+    )
+    cb.add_argument("--out", required=True, help="the new bundle folder (new or empty)")
+    cb.add_argument(
+        "--target-false-per-10h",
+        type=float,
+        default=1.0,
+        help="false episodes per 10 furnace-hours allowed on the normal data (default 1)",
+    )
+    cb.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.0,
+        help="keep the last share of each recording out of the calibration and report the "
+        "false episodes on it (default 0: calibrate on everything)",
+    )
+    _csv_options(cb)
+    cb.add_argument(
+        "--signing-key",
+        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
+        help="key that signs the new bundle (default: $FURNACE_SIGNING_KEY; none: unsigned)",
+    )
+    cb.set_defaults(func=_calibrate)
+
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing model bundles")
+    kg.add_argument("--out", required=True, help="path prefix: writes PREFIX.key and PREFIX.pub")
+    kg.add_argument("--force", action="store_true", help="overwrite existing files")
+    kg.set_defaults(func=_keygen)
+
+    sg = sub.add_parser("sign", help="sign an existing, verified bundle (signature.json)")
+    sg.add_argument("--bundle", required=True, help="bundle folder")
+    sg.add_argument(
+        "--signing-key",
+        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
+        help="Ed25519 private key, PEM (default: $FURNACE_SIGNING_KEY)",
+    )
+    sg.set_defaults(func=_sign)
 
     rp = sub.add_parser("replay", help="publish simulated furnaces into Redis streams (live)")
     rp.add_argument("--redis-url", help="default: $FURNACE_REDIS_URL or redis://127.0.0.1:6379/0")
@@ -493,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--seconds", type=float, help="stop after this many wall-clock seconds")
     rp.add_argument("--schedule", help="write the ground truth (sensor-time JSON) to this file")
+    rp.add_argument(
+        "--wait-redis",
+        type=float,
+        help="give up when Redis refuses connections this many seconds at start (default: "
+        "retry until Ctrl-C; a connection lost mid-run is always retried)",
+    )
     rp.set_defaults(func=_replay)
 
     serve = sub.add_parser(
@@ -509,18 +725,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=8.0, help="x real time (default 8)")
     demo.add_argument("--scenario", help="scenario TOML (default examples/scenario.toml)")
     demo.set_defaults(func=_demo)
+    for command in sub.choices.values():  # `furnace export --verbose` = `furnace -v export`
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,  # keeps the top-level flag when not given here
+            help="every library's log lines (debug level)",
+        )
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("furnace-sentinel")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+PROJECT_LOGGERS = ("furnace", "service", "simulator", "training", "model")
+
+
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default: this project's INFO lines and every library's warnings (the ONNX
+    exporter alone logs over a hundred INFO lines per export); `--verbose`: everything, at
+    debug level."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"furnace {args.command}: {exc}", file=sys.stderr)
         return 2
 

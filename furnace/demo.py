@@ -26,6 +26,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = REPO / "examples" / "scenario.toml"
+DEV_PUBLIC_KEY = REPO / "keys" / "dev-bundle.pub"  # the key models/default is signed with
 
 
 @contextlib.contextmanager
@@ -103,6 +104,10 @@ def run_demo(*, seconds: float | None, speed: float, scenario_path: Path | None)
             block_ms=500,
             discovery_interval_seconds=1.0,
             exit_on_consumer_failure=False,
+            # faster than real time the replay's sensor time runs ahead of the wall clock
+            max_future_skew_seconds=scenario.duration_s + 60.0,
+            # models/default is signed with the repository's development key (docs/export.md)
+            trusted_keys_file=DEV_PUBLIC_KEY if DEV_PUBLIC_KEY.is_file() else None,
         )
         app = create_app(settings, group_start_id="0")
         server = uvicorn.Server(

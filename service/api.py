@@ -10,16 +10,19 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from pathlib import PurePath
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from redis.exceptions import RedisError
 
 from service.auth import require_key
 from service.bundle import BundleAlertPolicy
 from service.deps import EngineDep, RedisDep, RuntimeDep
 from service.engine import Engine
+from service.entries import as_text
 from service.images import ImageError
 from service.requests import RequestError, window_from_request
 from service.runtime import NotReadyError, ReloadRefusedError, Runtime
@@ -39,8 +42,27 @@ from service.store import Keys, commit_detection, load_state, parse_state
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
-FurnaceId = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="furnace id")
+FURNACE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+FurnaceId = Path(pattern=FURNACE_ID_PATTERN, description="furnace id")
+T = TypeVar("T")
 WINDOWS_ROUTE = "/v1/furnaces/{furnace_id}/windows"
+
+
+NO_DATA = "no_data"  # the health reported for a furnace whose data stopped
+
+
+def _health(rt: Runtime, stored: dict[str, str], det: dict[str, Any]) -> dict[str, str]:
+    """The last window's per-modality health, or every modality `no_data` once that window was
+    committed (`updated_at`, wall clock) more than FURNACE_NO_DATA_SECONDS ago: a furnace whose
+    data stopped does not read "ok" forever (issue 15 item 2; /metrics does the same)."""
+    health: dict[str, str] = dict(det.get("health") or {})
+    try:
+        age = time.time() - float(stored["updated_at"])
+    except (KeyError, ValueError):
+        age = float("inf")  # no commit time: nothing says the data is recent
+    if age > rt.settings.no_data_seconds:
+        return dict.fromkeys(health, NO_DATA)
+    return health
 
 
 def _episode(furnace_id: str, stored: dict[str, str]) -> dict[str, Any] | None:
@@ -82,7 +104,7 @@ async def _score_window(
 ) -> dict[str, Any]:
     settings = rt.settings
     try:
-        window, notes = await rt.in_executor(
+        window, notes = await rt.decode(  # its own pool: never the streams' inference worker
             lambda: window_from_request(
                 body, furnace_id, engine.manifest.window, settings, received_at=time.time()
             )
@@ -92,7 +114,7 @@ async def _score_window(
         # samples or frames, or an image too large to decode, is unprocessable content.
         rt.metrics.window_rejected(source="http", reason=exc.reason)
         raise HTTPException(422, str(exc)) from exc
-    detections = await rt.score([window])
+    detections = await rt.score([window], source="http")
     det = detections[0]
     out = det.to_dict()
     out.update(notes)
@@ -116,12 +138,41 @@ async def _score_window(
     return out
 
 
-@router.get("/v1/furnaces/{furnace_id}/state", response_model=FurnaceState)
+READ_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Redis is unreachable or did not answer in time (JSON `detail`, "
+        "`Retry-After`)"
+    }
+}
+
+
+async def _read(rt: Runtime, work: Awaitable[T]) -> T:
+    """Await a GET route's Redis work: 503 with a JSON `detail` and `Retry-After` when Redis is
+    unreachable, fails, or takes longer than FURNACE_REDIS_READ_TIMEOUT_SECONDS (a frozen
+    server), never a 500."""
+    timeout = rt.settings.redis_read_timeout_seconds
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except TimeoutError as exc:  # asyncio's; redis-py's own TimeoutError is a RedisError
+        msg = f"the state store (Redis) did not answer within {timeout:g} s; retry later"
+        raise HTTPException(503, msg, headers={"Retry-After": "5"}) from exc
+    except (RedisError, OSError) as exc:
+        logger.warning("a read from Redis failed: %r", exc)
+        msg = f"the state store (Redis) is unavailable ({type(exc).__name__}); retry later"
+        raise HTTPException(503, msg, headers={"Retry-After": "5"}) from exc
+
+
+@router.get(
+    "/v1/furnaces/{furnace_id}/state",
+    response_model=FurnaceState,
+    dependencies=[Depends(require_key("read"))],
+    responses=READ_UNAVAILABLE,
+)
 async def furnace_state(
     rt: RuntimeDep, client: RedisDep, furnace_id: str = FurnaceId
 ) -> dict[str, Any]:
     """The latest detection, the open alert episode (if any) and per-modality health."""
-    stored = await load_state(client, Keys(rt.settings.key_prefix), furnace_id)
+    stored = await _read(rt, load_state(client, Keys(rt.settings.key_prefix), furnace_id))
     if "detection" not in stored:
         raise HTTPException(404, f"no detections for furnace {furnace_id!r} yet")
     det = json.loads(stored["detection"])
@@ -130,21 +181,45 @@ async def furnace_state(
         "last_window_end": float(det["window_end"]),
         "detection": det,
         "episode": _episode(furnace_id, stored),
-        "health": det.get("health", {}),
+        "health": _health(rt, stored, det),
     }
 
 
-@router.get("/v1/furnaces", response_model=FurnacesOut)
-async def furnaces(rt: RuntimeDep, client: RedisDep) -> dict[str, Any]:
-    """Every furnace with detections, and the ones this replica reads streams of."""
+@router.get(
+    "/v1/furnaces",
+    response_model=FurnacesOut,
+    dependencies=[Depends(require_key("read"))],
+    responses=READ_UNAVAILABLE,
+)
+async def furnaces(
+    rt: RuntimeDep,
+    client: RedisDep,
+    limit: int = Query(100, ge=1, le=1000, description="furnaces per page"),
+    cursor: str | None = Query(
+        None,
+        pattern=FURNACE_ID_PATTERN,
+        description="`next_cursor` of the previous page: furnaces after this id",
+    ),
+) -> dict[str, Any]:
+    """Furnaces with detections, and the ones this replica reads streams of, by id, one page
+    at a time: follow `next_cursor` (null on the last page)."""
     keys = Keys(rt.settings.key_prefix)
-    known = sorted(
-        m.decode() if isinstance(m, bytes) else str(m) for m in await client.smembers(keys.furnaces)
-    )
-    reading = sorted(rt.consumer.status.furnaces) if rt.consumer else []
+    reading = set(rt.consumer.status.furnaces) if rt.consumer else set()
+
+    async def page() -> tuple[list[str], list[dict[str, str]], bool]:
+        known = {as_text(m) for m in await client.smembers(keys.furnaces)}
+        ids = sorted(f for f in known | reading if cursor is None or f > cursor)
+        chosen = ids[:limit]
+        pipe = client.pipeline(transaction=False)
+        for furnace_id in chosen:
+            pipe.hgetall(keys.state(furnace_id))
+        rows = await pipe.execute() if chosen else []
+        states = [{as_text(k): as_text(v) for k, v in raw.items()} for raw in rows]
+        return chosen, states, len(ids) > limit
+
+    chosen, states, more = await _read(rt, page())
     out = []
-    for furnace_id in sorted(set(known) | set(reading)):
-        stored = await load_state(client, keys, furnace_id)
+    for furnace_id, stored in zip(chosen, states, strict=True):
         det = json.loads(stored["detection"]) if "detection" in stored else None
         out.append(
             {
@@ -153,20 +228,50 @@ async def furnaces(rt: RuntimeDep, client: RedisDep) -> dict[str, Any]:
                 "last_window_end": det["window_end"] if det else None,
                 "condition": det["condition"] if det else None,
                 "score": det["score"] if det else None,
-                "health": det["health"] if det else {},
+                "health": _health(rt, stored, det) if det else {},
                 "episode": _episode(furnace_id, stored),
             }
         )
-    return {"furnaces": out}
+    return {"furnaces": out, "next_cursor": chosen[-1] if more else None}
 
 
-@router.get("/v1/model", response_model=ModelOut)
-async def model_info(rt: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
-    """A summary of the served bundle's manifest."""
+_PATH_KEYS = frozenset({"path", "paths", "run", "run_dir", "dir", "data_dir", "test_data", "out"})
+
+
+def _public(value: Any) -> Any:
+    """A manifest section without file-system paths (training data, run directories): keys
+    that name one are dropped, and so is every string value with a slash or backslash."""
+    if isinstance(value, dict):
+        return {
+            k: _public(v)
+            for k, v in value.items()
+            if k not in _PATH_KEYS and k != "config" and not _pathlike(v)
+        }
+    if isinstance(value, list):
+        return [_public(v) for v in value if not _pathlike(v)]
+    return value
+
+
+def _pathlike(value: Any) -> bool:
+    return isinstance(value, str) and ("/" in value or "\\" in value or value.startswith("~"))
+
+
+@router.get(
+    "/v1/model",
+    response_model=ModelOut,
+    dependencies=[Depends(require_key("read"))],
+    responses=READ_UNAVAILABLE,
+)
+async def model_info(rt: RuntimeDep, engine: EngineDep, client: RedisDep) -> dict[str, Any]:
+    """A summary of the served bundle's manifest (no file-system paths), who signed it and
+    what `model:desired` asks the fleet to serve."""
     m = engine.manifest
     raw = m.raw
+    desired = await _read(rt, client.get(Keys(rt.settings.key_prefix).model_desired))
     return {
-        "bundle": rt.bundle_name,
+        "bundle": PurePath(rt.bundle_name).name,  # FURNACE_BUNDLE may be a path
+        "signed_by": m.signed_by,
+        "desired": None if desired is None else as_text(desired),
         "name": m.name,
         "model_version": m.model_version,
         "format_version": m.format_version,
@@ -180,8 +285,8 @@ async def model_info(rt: RuntimeDep, engine: EngineDep) -> dict[str, Any]:
         "heads": m.heads,
         "thresholds": raw.get("thresholds"),
         "alert_policy": _policy_out(rt, m.alert_policy),
-        "metrics": (raw.get("metrics") or {}).get("settings"),
-        "training": {k: v for k, v in (raw.get("training") or {}).items() if k != "config"},
+        "metrics": _public((raw.get("metrics") or {}).get("settings")),
+        "training": _public(raw.get("training") or {}),
     }
 
 

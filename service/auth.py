@@ -1,4 +1,5 @@
-"""API keys on write and admin routes (docs/design/serving.md 5.1).
+"""API keys on write and admin routes, and on read routes when FURNACE_REQUIRE_READ_KEY or
+FURNACE_READ_KEYS asks for them (docs/design/serving.md 5.1, docs/configuration.md).
 
 `X-API-Key` header; keys compared in constant time on bytes (header values are latin-1, and
 `compare_digest` on a non-ASCII str raises TypeError). Missing key -> 401, wrong key -> 403,
@@ -29,13 +30,20 @@ def key_matches(given: str, keys: tuple[str, ...]) -> bool:
 
 
 def require_key(kind: str) -> Callable[..., Coroutine[Any, Any, None]]:
-    """A dependency for routes needing a `write` or an `admin` key."""
+    """A dependency for routes needing a `read`, `write` or `admin` key (`read`: only when
+    the settings ask for read keys; read, write and admin keys are all accepted there)."""
 
     async def check(request: Request, key: str | None = Security(_scheme)) -> None:
         settings = request.app.state.settings
         if settings.auth_disabled:
             return
-        keys = settings.admin_key_set() if kind == "admin" else settings.write_keys()
+        if kind == "read":
+            read = settings.read_key_set()
+            if read is None:
+                return
+            keys = read
+        else:
+            keys = settings.admin_key_set() if kind == "admin" else settings.write_keys()
         if not key:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, f"missing {HEADER} header", headers=_CHALLENGE

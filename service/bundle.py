@@ -6,6 +6,8 @@ A bundle is a folder with `manifest.json`, one ONNX graph per modality and `gold
 manifest, checks that every listed file is a plain name inside the folder, that none is
 missing, that no unlisted `.onnx` lies beside them, and that every sha256 matches. Any failure
 raises `BundleError` naming the file and the reason; nothing here touches ONNX Runtime.
+Given a `BundleTrust`, it first checks the Ed25519 signature over the manifest's bytes
+(service/signing.py), so a graph changed and re-hashed into the manifest is refused too.
 `training/export/bundle.py` writes this format.
 """
 
@@ -13,13 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from service.signing import BundleTrust, SignatureError, check_signature
 from service.types import MODALITIES, WindowSpec
+
+logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "furnace-sentinel-bundle"
 SUPPORTED_VERSIONS = (1,)
@@ -124,6 +130,7 @@ class Manifest:
     files: dict[str, str]  # name -> sha256
     raw: dict[str, Any]  # the whole manifest, for GET /v1/model
     alert_policy: BundleAlertPolicy | None = None  # None: the manifest has none (older)
+    signed_by: str | None = None  # id of the trusted key whose signature was checked
 
     @property
     def bundle_sha256(self) -> str:
@@ -144,6 +151,10 @@ def read_manifest(folder: str | Path) -> Manifest:
             with the wrong type or value.
     """
     root = Path(folder)
+    return _parse_manifest(root, _manifest_bytes(root))
+
+
+def _manifest_bytes(root: Path) -> bytes:
     path = root / "manifest.json"
     if not root.is_dir():
         msg = f"bundle folder {root} does not exist"
@@ -151,8 +162,13 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not path.is_file():
         msg = f"{path}: missing (a bundle needs manifest.json; export one with `furnace export`)"
         raise BundleError(msg)
+    return path.read_bytes()
+
+
+def _parse_manifest(root: Path, data: bytes) -> Manifest:
+    path = root / "manifest.json"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         msg = f"{path}: not valid JSON ({exc})"
         raise BundleError(msg) from exc
@@ -200,10 +216,29 @@ def read_manifest(folder: str | Path) -> Manifest:
     )
 
 
-def verify_bundle(folder: str | Path) -> Manifest:
-    """`read_manifest` plus the file checks: listed, present, no extra graphs, hashes match."""
-    manifest = read_manifest(folder)
-    root = manifest.folder
+def verify_bundle(folder: str | Path, *, trust: BundleTrust | None = None) -> Manifest:
+    """`read_manifest` plus the file checks: listed, present, no extra graphs, hashes match.
+
+    Args:
+        folder: the bundle folder.
+        trust: the service's trusted keys: the manifest's signature is checked first, over the
+            very bytes that are then parsed. None (offline tools: scorecard, calibration on
+            the operator's own files) checks no signature.
+
+    Raises:
+        BundleError: the bundle must not be served (the message says which file and why).
+    """
+    root = Path(folder)
+    data = _manifest_bytes(root)
+    signed_by = None
+    if trust is not None:
+        try:
+            signed_by = check_signature(root, data, trust)
+        except SignatureError as exc:
+            if not trust.allow_unsigned:
+                raise BundleError(str(exc)) from exc
+            logger.warning("%s; served anyway: FURNACE_ALLOW_UNSIGNED_BUNDLES is on", exc)
+    manifest = replace(_parse_manifest(root, data), signed_by=signed_by)
     needed = {g.file for g in manifest.graphs.values()} | {manifest.golden}
     unlisted = sorted(needed - set(manifest.files))
     if unlisted:

@@ -43,6 +43,7 @@ from service.bundle import (
     verify_bundle,
 )
 from service.detection import Detection, ModalityResult
+from service.signing import BundleTrust
 from service.types import MODALITIES, Window
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,15 @@ def choose_providers() -> list[str]:
 class Engine:
     """A loaded, verified and warmed bundle. Immutable once built; swap the whole object."""
 
-    def __init__(self, folder: str | Path, *, intra_op_threads: int = 1) -> None:
-        self.manifest: Manifest = verify_bundle(folder)
+    def __init__(
+        self, folder: str | Path, *, intra_op_threads: int = 1, trust: BundleTrust | None = None
+    ) -> None:
+        """Verify (the signature too, given `trust`), build the sessions and warm them.
+
+        Raises:
+            BundleError: the bundle must not be served.
+        """
+        self.manifest: Manifest = verify_bundle(folder, trust=trust)
         self.providers = choose_providers()
         self.provider = self.providers[0]
         self.sessions: dict[str, ort.InferenceSession] = {}

@@ -10,7 +10,9 @@ import math
 from typing import Any, TypeAlias
 
 MIN_TS = 946_684_800.0  # 2000-01-01: sensor clocks before this are broken
-MAX_TS_AHEAD = 30 * 86_400.0  # replays run sensor time ahead of the wall clock; bound it
+# The default future bound of offline callers (scorecard, calibration); the service passes
+# FURNACE_MAX_FUTURE_SKEW_SECONDS instead (a live furnace's sensor time follows the wall clock)
+MAX_TS_AHEAD = 30 * 86_400.0
 
 # Entries as read or claimed: (stream key, entry id, fields; None or {} when trimmed)
 Batch: TypeAlias = list[tuple[str, str, dict[Any, Any] | None]]
@@ -64,27 +66,55 @@ def field_bytes(fields: dict[Any, Any], name: str) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def plausible_ts(ts: float, now: float) -> bool:
-    """A finite sensor time after 2000-01-01 and at most MAX_TS_AHEAD past `now`."""
-    return math.isfinite(ts) and MIN_TS <= ts <= now + MAX_TS_AHEAD
+def plausible_ts(ts: float, now: float, max_ahead: float = MAX_TS_AHEAD) -> bool:
+    """A finite sensor time after 2000-01-01 and at most `max_ahead` seconds past `now`."""
+    return math.isfinite(ts) and MIN_TS <= ts <= now + max_ahead
 
 
-def parse_ts(fields: dict[Any, Any], now: float) -> float:
+def arrival_time(entry_id: str, now: float) -> float:
+    """When an entry reached Redis: the milliseconds part of an auto-generated stream id, or
+    `now` when the id is not a plausible Unix time in ms (explicit ids) or lies after `now`.
+
+    The future-time bound is judged against it, so an entry refused once is refused again when
+    it is re-read later (a rebuild from history, a redelivery)."""
+    ms, _, _ = entry_id.partition("-")
+    try:
+        added = int(ms) / 1000.0
+    except ValueError:
+        return now
+    return added if MIN_TS <= added <= now else now
+
+
+def parse_ts(fields: dict[Any, Any], now: float, max_ahead: float = MAX_TS_AHEAD) -> float:
+    """The entry's `ts`: a Unix time after 2000-01-01 and at most `max_ahead` s after `now`.
+
+    Raises:
+        PoisonEntryError: reason "timestamp" (not a number, non-finite, before 2000) or
+            "future" (more than `max_ahead` seconds ahead of `now`).
+    """
     raw = field_bytes(fields, "ts")
     try:
         ts = float(raw)
     except ValueError:
         msg = f"ts {raw[:40]!r} is not a number"
         raise PoisonEntryError(msg, reason="timestamp") from None
-    if not plausible_ts(ts, now):
+    if math.isfinite(ts) and ts > now + max_ahead and ts >= MIN_TS:
+        msg = (
+            f"ts {ts!r} is {ts - now:.1f} s ahead of the entry's arrival; at most {max_ahead:g} s "
+            "are allowed (FURNACE_MAX_FUTURE_SKEW_SECONDS): check the sensor's clock"
+        )
+        raise PoisonEntryError(msg, reason="future")
+    if not plausible_ts(ts, now, max_ahead):
         msg = f"ts {ts!r} is not a plausible Unix time in seconds"
         raise PoisonEntryError(msg, reason="timestamp")
     return ts
 
 
-def parse_current(fields: dict[Any, Any], now: float) -> tuple[float, float, float, float]:
+def parse_current(
+    fields: dict[Any, Any], now: float, max_ahead: float = MAX_TS_AHEAD
+) -> tuple[float, float, float, float]:
     """(ts, a, b, c); NaN phases are allowed (sensor health, not poison)."""
-    ts = parse_ts(fields, now)
+    ts = parse_ts(fields, now, max_ahead)
     values = []
     for phase in ("a", "b", "c"):
         raw = field_bytes(fields, phase)

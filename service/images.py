@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
+import zlib
 from typing import Final
 
 import numpy as np
@@ -89,6 +91,56 @@ def decode_image(
     if frame_px < 1:
         msg = f"frame_px must be >= 1, got {frame_px}"
         raise ValueError(msg)
+    img, fmt = _open(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    with img:
+        width, height = img.size
+        try:
+            rgb = _to_rgb(img)
+        except Exception as exc:  # truncated data, bad CRC, bad Huffman table, ...
+            msg = f"corrupt {fmt} data ({width}x{height}): {_clean(exc)}"
+            raise ImageError(msg) from exc
+    if fmt == "PNG":
+        _check_png_complete(data, width, height)
+    return resize_frame(rgb, frame_px)
+
+
+def image_size(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[int, int]:
+    """(width, height) from the header alone (no pixel is decoded), with the same checks as
+    `decode_image`'s first step: a request's pixel budget is checked with it before any
+    frame is decoded.
+
+    Raises:
+        ImageError: not PNG/JPEG, a corrupt header, or over `max_pixels` / `max_bytes`.
+    """
+    img, _ = _open(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    with img:
+        width, height = img.size
+    return width, height
+
+
+def base64_image_bytes(text: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Strict base64 (RFC 4648 alphabet, padded, no whitespace) to image bytes.
+
+    Raises:
+        ImageError: a data URL, too long, characters outside the alphabet or bad padding.
+    """
+    if text.startswith("data:"):
+        msg = "expected plain base64, got a data URL: drop the 'data:...;base64,' prefix"
+        raise ImageError(msg)
+    if len(text) > 4 * (max_bytes // 3 + 1):
+        msg = f"base64 image of {len(text)} characters exceeds the {max_bytes} byte limit"
+        raise ImageError(msg, reason="too_large")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        msg = f"invalid base64 image ({len(text)} characters): {_clean(exc)}"
+        raise ImageError(msg) from exc
+
+
+def _open(data: bytes, *, max_pixels: int, max_bytes: int) -> tuple[Image.Image, str]:
+    """The lazily opened image (header read, no pixels) and its format, size checked."""
     if len(data) > max_bytes:
         msg = f"image of {len(data)} bytes exceeds the {max_bytes} byte limit"
         raise ImageError(msg, reason="too_large")
@@ -101,25 +153,87 @@ def decode_image(
         msg = f"{shown} exceeds the {max_pixels / 1e6:.1f} MP limit (decompression bomb)"
         raise ImageError(msg, reason="too_large") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ... on junk
-        msg = f"corrupt {fmt} header: {exc}"
+        msg = f"corrupt {fmt} header: {_clean(exc)}"
         raise ImageError(msg) from exc
-    with img:
-        width, height = img.size
-        if width < 1 or height < 1:
-            msg = f"{fmt} image has an empty size {width}x{height}"
-            raise ImageError(msg)
-        if width * height > max_pixels:
-            msg = (
-                f"image {width}x{height} exceeds the {max_pixels / 1e6:.1f} MP limit "
-                f"({max_pixels} pixels)"
-            )
-            raise ImageError(msg, reason="too_large")
-        try:
-            rgb = _to_rgb(img)
-        except Exception as exc:  # truncated data, bad CRC, bad Huffman table, ...
-            msg = f"corrupt {fmt} data ({width}x{height}): {exc}"
-            raise ImageError(msg) from exc
-    return resize_frame(rgb, frame_px)
+    width, height = img.size
+    problem = None
+    if width < 1 or height < 1:
+        problem = ImageError(f"{fmt} image has an empty size {width}x{height}")
+    elif width * height > max_pixels:
+        msg = f"image {width}x{height} exceeds the {max_pixels / 1e6:.1f} MP limit "
+        msg += f"({max_pixels} pixels)"
+        problem = ImageError(msg, reason="too_large")
+    if problem is not None:
+        img.close()
+        raise problem
+    return img, fmt
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _clean(exc: BaseException) -> str:
+    """An exception's message without object reprs (Pillow quotes `<_io.BytesIO object at
+    0x...>`, which tells a client nothing and leaks addresses)."""
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
+    return text or type(exc).__name__
+
+
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+# Adam7 passes: (x offset, y offset, x step, y step)
+_ADAM7: Final = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def _check_png_complete(data: bytes, width: int, height: int) -> None:
+    """Refuse a PNG whose image data ends before its last row. Pillow fills missing rows
+    with zeros when the zlib stream ends early (a header of 4096x4096 with 10 rows of data
+    decodes "fine"), so the inflated size is compared with what the header promises.
+
+    Raises:
+        ImageError: fewer bytes of image data than width x height needs.
+    """
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return  # Pillow decoded it; nothing to check against
+    depth, colour, interlace = data[24], data[25], data[28]
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None:
+        return
+    bits = depth * channels
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    need = 0
+    for xo, yo, xs, ys in passes:
+        cols = (width - xo + xs - 1) // xs if width > xo else 0
+        rows = (height - yo + ys - 1) // ys if height > yo else 0
+        if cols and rows:
+            need += rows * (1 + (cols * bits + 7) // 8)  # a filter byte per row
+    inflater = zlib.decompressobj()
+    got, pos = 0, 8
+    try:
+        while pos + 8 <= len(data) and got < need:
+            length = int.from_bytes(data[pos : pos + 4])
+            kind = data[pos + 4 : pos + 8]
+            if kind == b"IDAT":
+                chunk = data[pos + 8 : pos + 8 + length]
+                while chunk and got < need:
+                    got += len(inflater.decompress(chunk, 1 << 20))
+                    chunk = inflater.unconsumed_tail
+            pos += 12 + length
+    except zlib.error as exc:
+        msg = f"corrupt PNG data ({width}x{height}): {exc}"
+        raise ImageError(msg) from exc
+    if got < need:
+        rows = got * height // max(need, 1)
+        msg = f"truncated PNG: the header says {width}x{height} but the data holds about "
+        msg += f"{rows} rows"
+        raise ImageError(msg)
 
 
 def decode_base64_image(
@@ -144,17 +258,7 @@ def decode_base64_image(
         ImageError: for a data URL, characters outside the alphabet, bad padding, or any
             `decode_image` error.
     """
-    if text.startswith("data:"):
-        msg = "expected plain base64, got a data URL: drop the 'data:...;base64,' prefix"
-        raise ImageError(msg)
-    if len(text) > 4 * (max_bytes // 3 + 1):
-        msg = f"base64 image of {len(text)} characters exceeds the {max_bytes} byte limit"
-        raise ImageError(msg, reason="too_large")
-    try:
-        data = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        msg = f"invalid base64 image ({len(text)} characters): {exc}"
-        raise ImageError(msg) from exc
+    data = base64_image_bytes(text, max_bytes=max_bytes)
     return decode_image(data, frame_px=frame_px, max_pixels=max_pixels, max_bytes=max_bytes)
 
 

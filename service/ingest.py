@@ -8,9 +8,11 @@ Redis. Between reads, on their own schedules, the loop renews the shard lease an
 shard's furnaces (service/lease.py), adopts new ones by rebuilding their buffers from history,
 and takes over entries abandoned by consumers that died (service/recovery.py).
 
-The loop reads only while this replica holds its shard lease. A Redis outage drops the
-in-memory state and the loop rebuilds it once Redis answers again; any other error ends the
-loop (the process exits, docs/design/serving.md 5.3).
+The loop reads only while this replica holds its shard lease, and rewrites `shard:layout` with
+each renewal when it is gone (a flushed or restarted Redis). A Redis outage drops the
+in-memory state and the loop rebuilds it once Redis answers again; a stream that lost its
+consumer group (NOGROUP: deleted, or the group destroyed) gets the group back on the next
+turn; any other error ends the loop (the process exits, docs/design/serving.md 5.3).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class StreamConsumer:
         self._next_claim = 0.0
         self._next_lag = 0.0
         self._next_lease = 0.0
+        self._lost_group = False  # a NOGROUP reply: recreate groups on the next turn
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -157,6 +160,13 @@ class StreamConsumer:
             while not self._stop.is_set():
                 try:
                     await self._iteration()
+                except ResponseError as exc:
+                    # NOGROUP, or a blocked read's "UNBLOCKED the stream key no longer exists"
+                    if "NOGROUP" not in str(exc) and "no longer exists" not in str(exc):
+                        raise
+                    logger.warning("stream loop: %s; recreating the consumer group", exc)
+                    self._lost_group = True
+                    continue
                 except _REDIS_DOWN as exc:
                     self.status.redis_ok = False
                     self.status.error = f"redis: {exc!r}"[:300]
@@ -173,9 +183,13 @@ class StreamConsumer:
             self.status.running = False
 
     async def _iteration(self) -> None:
-        if not self.lease.layout_ok:
-            await self.lease.check_layout(self.client)
+        if self._lost_group:
+            await self.streams.restore_groups()
+            self._lost_group = False
         now = time.monotonic()
+        if not self.lease.layout_ok or now >= self._next_lease:
+            # Every renewal: a Redis that came back empty gets the layout again
+            await self.lease.check_layout(self.client)
         if now >= self._next_lease:
             self.status.lease_held = await self.lease.renew(self.client)
             self._next_lease = now + self.settings.lease_ttl_ms / 3000.0

@@ -43,13 +43,19 @@ class ShardLease:
         return self.keys.lease(self.settings.shard_index, self.settings.shard_count)
 
     async def check_layout(self, client: aioredis.Redis) -> None:
-        """Record the shard count in Redis when none is, else compare with it.
+        """Record the shard count in Redis when none is, else compare with it (at start and at
+        every lease renewal, so a Redis that lost its keys gets the layout back).
 
         Raises:
             RuntimeError: Redis holds another shard count (the replica must not run).
         """
         count = str(self.settings.shard_count)
-        await client.set(self.keys.layout, count, nx=True)
+        if await client.set(self.keys.layout, count, nx=True) and self.layout_ok:
+            logger.warning(
+                "%s was gone (Redis flushed or restarted empty); rewrote it: %s shards",
+                self.keys.layout,
+                count,
+            )
         stored = as_text(await client.get(self.keys.layout))
         if stored != count:
             msg = (

@@ -24,10 +24,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service.api import WINDOWS_ROUTE, router
+from service.docs import document_routes, serve_docs
 from service.engine import Engine
 from service.ingest import StreamConsumer
 from service.metrics import Metrics
+from service.openapi import document_errors
 from service.runtime import Runtime
+from service.server import RequestLimit
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,30 +55,38 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     path = settings.bundle_path()
     try:
         rt.engine = await rt.in_executor(
-            lambda: Engine(path, intra_op_threads=settings.intra_op_threads)
+            lambda: Engine(
+                path, intra_op_threads=settings.intra_op_threads, trust=settings.bundle_trust()
+            )
         )
         policy = settings.alert_policy(rt.engine.manifest.alert_policy)
     except (OSError, ValueError) as exc:
         rt.load_error = str(exc)
-        rt.executor.shutdown(wait=False)
+        _stop_executors(rt)
         msg = f"cannot serve bundle {path}: {exc}"
         raise RuntimeError(msg) from exc
     rt.metrics.set_model_info(
         model_version=rt.engine.model_version,
         bundle_sha256=rt.engine.bundle_sha256,
         provider=rt.engine.provider,
+        bundle=settings.bundle,
     )
+    rt.metrics.set_conditions(rt.engine.manifest.class_names)
+    rt.metrics.set_code_reference(rt.engine.manifest.code_usage)
     logger.info(
-        "serving %s (%s) from %s; alert policy %d of %d, close after %d",
+        "serving %s (%s) from %s, signed by %s; alert policy %d of %d, close after %d",
         rt.engine.model_version,
         rt.engine.provider,
         path,
+        rt.engine.manifest.signed_by or "nobody (FURNACE_ALLOW_UNSIGNED_BUNDLES)",
         policy.k,
         policy.n,
         policy.m,
     )
     rt.bundle_name = settings.bundle
     rt.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10.0)
+    await rt.announce_desired()  # model:desired overrides FURNACE_BUNDLE: say so at start
+    rt.redis_task = asyncio.create_task(rt.watch_redis(), name="redis-metrics")
     if settings.model_poll_seconds > 0:
         rt.watch_task = asyncio.create_task(rt.watch_desired(), name="model-desired")
     try:
@@ -106,8 +117,9 @@ async def _shutdown(rt: Runtime) -> None:
     lease, close the Redis clients; whatever was not acked stays pending for the restart.
     """
     rt.draining = True
-    if rt.watch_task is not None:
-        rt.watch_task.cancel()
+    for watcher in (rt.watch_task, rt.redis_task):
+        if watcher is not None:
+            watcher.cancel()
     if rt.consumer is not None:
         rt.consumer.stop()  # the short BLOCK returns; the batch in hand finishes and acks
         task = rt.consumer_task
@@ -121,18 +133,32 @@ async def _shutdown(rt: Runtime) -> None:
         await rt.consumer.close()
     if rt.client is not None:
         await rt.client.aclose()
-    rt.executor.shutdown(wait=False, cancel_futures=True)
+    _stop_executors(rt)
+
+
+def _stop_executors(rt: Runtime) -> None:
+    for pool in (rt.executor, rt.http_executor, rt.decode_executor):
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def create_app(settings: Settings | None = None, *, group_start_id: str = "$") -> FastAPI:
     """Build the app. `group_start_id="0"` makes new consumer groups read existing history
     (tests, backfills); production starts at `$` so a first start skips old backlog."""
     settings = settings or Settings()
-    metrics = Metrics(max_furnace_labels=settings.max_furnace_labels, furnaces=settings.furnaces)
+    metrics = Metrics(
+        max_furnace_labels=settings.max_furnace_labels,
+        furnaces=settings.furnaces,
+        no_data_seconds=settings.no_data_seconds,
+        delay_objective_seconds=settings.delay_objective(),
+    )
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
         executor=ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference"),
+        http_executor=ThreadPoolExecutor(
+            settings.http_inference_workers, thread_name_prefix="http-inference"
+        ),
+        decode_executor=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode"),
     )
     app = FastAPI(
         title="furnace-sentinel",
@@ -140,11 +166,18 @@ def create_app(settings: Settings | None = None, *, group_start_id: str = "$") -
         version="0.1.0",
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,
+        docs_url=None,  # served from local files by serve_docs: no CDN needed
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.group_start_id = group_start_id
     app.include_router(router)
+    # requests in progress, not connections (service/server.py; issue 14 item 4)
+    app.add_middleware(RequestLimit, limit=settings.http_concurrency)
+    document_errors(app)  # every error status in /openapi.json (service/openapi.py)
+    document_routes(app)
+    serve_docs(app)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
     @app.middleware("http")

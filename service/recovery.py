@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.entries import Batch, PoisonEntryError, as_text, parse_autoclaim
+from service.entries import Batch, PoisonEntryError, arrival_time, as_text, parse_autoclaim
 from service.reader import feed_entry
 from service.settings import Settings
 from service.store import GROUP, Keys, load_state
@@ -69,10 +69,12 @@ class Recovery:
         history, resuming after the last committed window (docs/design/serving.md 2.3). The windows
         that history closes are left in the assembler for the caller to commit.
         """
+        # A furnace in backfill mode is read from its first entry: its streams carry archives
+        start = "0" if self.settings.backfills(furnace_id) else self.group_start_id
         for modality in MODALITIES:
             key = self.keys.stream(furnace_id, modality)
             try:
-                await client.xgroup_create(key, GROUP, id=self.group_start_id, mkstream=True)
+                await client.xgroup_create(key, GROUP, id=start, mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -116,9 +118,13 @@ class Recovery:
         entries: Any = await client.xrevrange(key, max=top, min="-", count=count)
         now = time.time()
         pixels = self.settings.max_image_pixels
-        for _, fields in reversed(entries):
+        ahead = self.settings.max_future_skew_seconds
+        for entry_id, fields in reversed(entries):
+            arrival = arrival_time(as_text(entry_id), now)
             try:
-                feed_entry(assembler, modality, fields, now, max_image_pixels=pixels)
+                feed_entry(
+                    assembler, modality, fields, arrival, max_image_pixels=pixels, max_ahead=ahead
+                )
             except PoisonEntryError:
                 continue  # it went to the DLQ when it was first read
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from service.entries import plausible_ts
 from service.health import DEFAULT_HEALTH, current_health
-from service.images import ImageError, decode_base64_image
-from service.schemas import CurrentIn, WindowIn
+from service.images import ImageError, base64_image_bytes, decode_image, image_size
+from service.schemas import CurrentIn, FrameIn, WindowIn
 from service.settings import Settings
 from service.types import CurrentWindow, Window, WindowSpec
 from service.windows import WindowAssembler
@@ -34,8 +34,14 @@ class RequestError(ValueError):
         self.reason = reason
 
 
-def _check_time(name: str, ts: float, received_at: float) -> None:
-    if not plausible_ts(ts, received_at):
+def _check_time(name: str, ts: float, received_at: float, ahead: float) -> None:
+    if math.isfinite(ts) and ts > received_at + ahead:
+        msg = (
+            f"{name} {ts!r} is {ts - received_at:.1f} s in the future; sensor time may lead the "
+            f"service's clock by {ahead:g} s at most (FURNACE_MAX_FUTURE_SKEW_SECONDS)"
+        )
+        raise RequestError(msg, "timestamp")
+    if not plausible_ts(ts, received_at, ahead):
         msg = f"{name} {ts!r} is not a plausible sensor time (Unix seconds, after 2000-01-01)"
         raise RequestError(msg, "timestamp")
 
@@ -51,6 +57,7 @@ def window_from_request(
     """Build the window; raises RequestError (422/413) or ImageError (422)."""
     if body.current is None and body.camera is None:
         raise RequestError(NO_MODALITY)
+    ahead = settings.max_future_skew_seconds  # no posted time may lead the clock further
     asm = WindowAssembler(
         furnace_id,
         spec,
@@ -75,7 +82,9 @@ def window_from_request(
             msg = f"current has {n} samples; at most {spec.samples + history} (the window plus "
             msg += f"{spec.lookback_seconds:g} s of baseline history) are used"
             raise RequestError(msg, "too_large")
-        _check_time("current.start", c.start, received_at)
+        _check_time("current.start", c.start, received_at, ahead)
+        last = c.start + (n - 1) / c.rate_hz
+        _check_time("the last current sample's time", last, received_at, ahead)
         ts = c.start + np.arange(n) / c.rate_hz
         for t, (a, b, cc) in zip(ts.tolist(), c.samples, strict=True):
             asm.add_current(t, a, b, cc)
@@ -90,19 +99,13 @@ def window_from_request(
             msg = "camera frame timestamps must strictly increase (oldest first)"
             raise RequestError(msg, "timestamp")
         for i, f in enumerate(frames):
-            _check_time(f"camera.frames[{i}].ts", f.ts, received_at)
-            try:
-                image = decode_base64_image(
-                    f.image, frame_px=spec.frame_px, max_pixels=settings.max_image_pixels
-                )
-            except ImageError as exc:
-                msg = f"camera.frames[{i}]: {exc}"
-                raise ImageError(msg, reason=exc.reason) from exc
+            _check_time(f"camera.frames[{i}].ts", f.ts, received_at, ahead)
+        for f, image in zip(frames, _decode_frames(frames, spec, settings), strict=True):
             asm.add_frame(f.ts, image)
         end = end if end is not None else times[-1]
     if end is None:  # not reached: one modality is present and set it
         raise RequestError(NO_MODALITY)
-    _check_time("window_end", end, received_at)
+    _check_time("window_end", end, received_at, ahead)
     window = asm.window_at(end)
     if window is None:
         msg = f"no samples or frames fall inside the window ending at {end!r}"
@@ -110,6 +113,42 @@ def window_from_request(
     if window.current is not None and body.current is not None:
         window, notes["baseline"] = _baseline(window, window.current, body.current, spec)
     return window, notes
+
+
+def _decode_frames(frames: list[FrameIn], spec: WindowSpec, settings: Settings) -> list[np.ndarray]:
+    """Every frame's pixels, after the request's pixel budget was checked on the headers of
+    all of them: no pixel is decoded for a request over FURNACE_MAX_REQUEST_PIXELS (issue 14
+    item 3: 64 frames of 4096x4096 held a worker for 24-47 s).
+
+    Raises:
+        ImageError: a frame that is not an image, over a limit, or corrupt; or the frames
+            together over the request's pixel budget (reason "too_large").
+    """
+    blobs, total = [], 0
+    for i, f in enumerate(frames):
+        try:
+            data = base64_image_bytes(f.image)
+            width, height = image_size(data, max_pixels=settings.max_image_pixels)
+        except ImageError as exc:
+            msg = f"camera.frames[{i}]: {exc}"
+            raise ImageError(msg, reason=exc.reason) from exc
+        total += width * height
+        if total > settings.max_request_pixels:
+            msg = f"camera frames 0..{i} already hold {total} pixels; at most "
+            msg += f"{settings.max_request_pixels} per request (FURNACE_MAX_REQUEST_PIXELS): "
+            msg += f"send smaller frames (the model uses {spec.frame_px}x{spec.frame_px})"
+            raise ImageError(msg, reason="too_large")
+        blobs.append(data)
+    out = []
+    for i, data in enumerate(blobs):
+        try:
+            out.append(
+                decode_image(data, frame_px=spec.frame_px, max_pixels=settings.max_image_pixels)
+            )
+        except ImageError as exc:
+            msg = f"camera.frames[{i}]: {exc}"
+            raise ImageError(msg, reason=exc.reason) from exc
+    return out
 
 
 def _baseline(

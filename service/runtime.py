@@ -1,5 +1,6 @@
-"""What the routes and the stream consumer share, one per app: settings, metrics, the inference
-executor, the alert policy, the loaded engine, the Redis client and the consumer, plus the
+"""What the routes and the stream consumer share, one per app: settings, metrics, the worker
+pools (stream inference, HTTP inference, HTTP decoding; docs/service.md "Worker pools"), the
+alert policy, the loaded engine, the Redis client and the consumer, plus the
 model reload (docs/design/serving.md 3.2) and per-detection metrics. `service/main.py` builds and
 runs it, `service/api.py` reads it through the dependencies of `service/deps.py`.
 """
@@ -47,7 +48,13 @@ class Runtime:
 
     settings: Settings
     metrics: Metrics
-    executor: ThreadPoolExecutor
+    executor: ThreadPoolExecutor  # ONNX Runtime for the streams (and bundle loading)
+    http_executor: ThreadPoolExecutor = field(  # ONNX Runtime for POSTed windows
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="http-inference")
+    )
+    decode_executor: ThreadPoolExecutor = field(  # POSTed bodies -> windows (images)
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="decode")
+    )
     engine: Engine | None = None
     client: aioredis.Redis | None = None
     consumer: StreamConsumer | None = None
@@ -58,6 +65,7 @@ class Runtime:
     bundle_name: str = ""  # what the engine was loaded as (FURNACE_BUNDLE or a reload)
     desired_seen: str | None = None  # the last `model:desired` value acted on
     watch_task: asyncio.Task[None] | None = None
+    redis_task: asyncio.Task[None] | None = None  # Redis memory and model:desired for /metrics
     http_pending: int = 0  # HTTP windows waiting for or in inference
 
     def current_engine(self) -> Engine:
@@ -97,15 +105,25 @@ class Runtime:
         """Run blocking work (ONNX Runtime, bundle loading) in the inference executor."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
-    async def score(self, windows: list[Window]) -> list[Detection]:
+    async def decode(self, fn: Callable[[], T]) -> T:
+        """Run a POSTed body's decoding in its own bounded pool: a costly body never holds
+        the inference workers the streams need (issue 14 item 3)."""
+        return await asyncio.get_running_loop().run_in_executor(self.decode_executor, fn)
+
+    async def score(self, windows: list[Window], *, source: str = "redis") -> list[Detection]:
+        """Score windows in the executor of their source: streams and HTTP have their own, so
+        HTTP load never queues a stream window behind it."""
         engine = self.current_engine()
 
         def observe(modality: str, seconds: float, batch: int) -> None:
             self.metrics.observe_inference(modality=modality, seconds=seconds, batch_size=batch)
 
-        return await self.in_executor(lambda: engine.score(windows, observe))
+        pool = self.http_executor if source == "http" else self.executor
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, lambda: engine.score(windows, observe)
+        )
 
-    async def reload(self, name: str) -> tuple[str, Engine]:
+    async def reload(self, name: str, *, origin: str = "reload") -> tuple[str, Engine]:
         """Verify, build and warm the bundle `name`, then swap it in (docs/design/serving.md 3.2).
 
         The caller holds `reload_lock`. Returns (previous model version, new engine).
@@ -116,8 +134,9 @@ class Runtime:
         path = self.settings.bundle_path(name)
         old = self.current_engine()
         threads = self.settings.intra_op_threads
+        trust = self.settings.bundle_trust()
         try:
-            engine = await asyncio.to_thread(Engine, path, intra_op_threads=threads)
+            engine = await asyncio.to_thread(Engine, path, intra_op_threads=threads, trust=trust)
         except (BundleError, OSError) as exc:
             self.metrics.model_reload(outcome="failed")
             logger.warning("reload of %s refused: %s", path, exc)
@@ -141,7 +160,11 @@ class Runtime:
             model_version=engine.model_version,
             bundle_sha256=engine.bundle_sha256,
             provider=engine.provider,
+            bundle=name,
+            origin=origin,
         )
+        self.metrics.set_conditions(engine.manifest.class_names)
+        self.metrics.set_code_reference(engine.manifest.code_usage)
         logger.info(
             "reloaded: %s -> %s (%s), alert policy %d of %d, close after %d",
             old.model_version,
@@ -172,9 +195,71 @@ class Runtime:
             return
         async with self.reload_lock:
             try:
-                await self.reload(name)
+                await self.reload(name, origin="model:desired")
             except (ReloadRefusedError, ValueError) as exc:
                 logger.warning("model:desired = %r not loaded: %s", name, exc)
+                return
+        logger.warning(
+            "serving %r from %smodel:desired instead of FURNACE_BUNDLE=%r (docs/service.md, "
+            "'model:desired')",
+            name,
+            self.settings.key_prefix,
+            self.settings.bundle,
+        )
+
+    async def announce_desired(self) -> str | None:
+        """At start: read `{prefix}model:desired` once and say loudly when it will override
+        FURNACE_BUNDLE (it does on the first poll), or that it is ignored
+        (FURNACE_MODEL_POLL_SECONDS=0). Returns the key's value (None: unset or unreadable)."""
+        key = Keys(self.settings.key_prefix).model_desired
+        try:
+            raw = await asyncio.wait_for(self.redis().get(key), 2.0)
+        except Exception as exc:  # noqa: BLE001 - Redis down at start: the watch retries
+            logger.warning("cannot read %s at start: %r", key, exc)
+            return None
+        value = None if raw is None else as_text(raw)
+        self.metrics.set_model_desired(value)
+        if value is None or value == self.settings.bundle:
+            return value
+        if self.settings.model_poll_seconds > 0:
+            logger.warning(
+                "%s = %r OVERRIDES FURNACE_BUNDLE=%r: this replica will serve %r within %g s. "
+                "Serve FURNACE_BUNDLE instead: `redis-cli DEL %s`, or set "
+                "FURNACE_MODEL_POLL_SECONDS=0 to ignore the key",
+                key,
+                value,
+                self.settings.bundle,
+                value,
+                self.settings.model_poll_seconds,
+                key,
+            )
+        else:
+            logger.warning(
+                "%s = %r is IGNORED (FURNACE_MODEL_POLL_SECONDS=0): serving FURNACE_BUNDLE=%r",
+                key,
+                value,
+                self.settings.bundle,
+            )
+        return value
+
+    async def poll_redis(self) -> None:
+        """Redis INFO memory and the `model:desired` key, for /metrics."""
+        client = self.redis()
+        info = await client.info("memory")
+        self.metrics.set_redis_memory(
+            used_bytes=int(info.get("used_memory", 0)), max_bytes=int(info.get("maxmemory", 0))
+        )
+        raw = await client.get(Keys(self.settings.key_prefix).model_desired)
+        self.metrics.set_model_desired(None if raw is None else as_text(raw))
+
+    async def watch_redis(self, every_seconds: float = 5.0) -> None:
+        """`poll_redis` every `every_seconds` until the app stops."""
+        while not self.draining:
+            try:
+                await asyncio.wait_for(self.poll_redis(), 10.0)
+            except Exception as exc:  # noqa: BLE001 - Redis down: keep serving, retry later
+                logger.debug("cannot poll Redis for metrics: %r", exc)
+            await asyncio.sleep(every_seconds)
 
     async def watch_desired(self) -> None:
         """Poll `model:desired` every `model_poll_seconds` until the app stops."""
@@ -191,10 +276,13 @@ class Runtime:
         m.window_scored(source=source, modalities=det.decided_by)
         for modality, part in det.per_modality.items():
             m.observe_score(modality=modality, score=part.score)
-        known = det.furnace_id in m.furnaces or source == "redis"
-        if known:
-            for modality, health in det.health.items():
-                m.set_modality_up(furnace_id=det.furnace_id, modality=modality, up=health == "ok")
+        if source == "redis":
+            # A window read from a stream belongs to a discovered furnace, even when it is
+            # scored (rebuilt from history at adoption) before discovery registers it:
+            # registering here keeps it from reporting as a phantom `other`.
+            m.register_furnaces([det.furnace_id])
+        usable = [mod for mod, health in det.health.items() if health == "ok"]
+        m.window_recorded(det, usable=usable)
         if result is not None and result.applied:
             delay = time.time() - det.window_end
             if 0.0 <= delay < 3600.0:  # replays run sensor time ahead of the wall clock
@@ -202,5 +290,11 @@ class Runtime:
             for ev in result.events:
                 if ev.kind == "opened":
                     m.alert_opened(furnace_id=det.furnace_id, condition=ev.condition)
-                elif ev.kind == "closed":
-                    m.alert_closed(furnace_id=det.furnace_id, condition=ev.condition)
+        if result is not None:
+            # The committed (or stored) state says which episode is open, whatever events led
+            # there: opened under one condition and closed under another, or open across a
+            # restart.
+            episode = result.state.episode
+            m.set_alert_episode(
+                furnace_id=det.furnace_id, condition=None if episode is None else episode.condition
+            )

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-STRICT = ConfigDict(allow_inf_nan=False, extra="forbid")
+# strict: no coercion ("2" is not a number, true is not 1; issue 14 item 8); ints stay floats
+STRICT = ConfigDict(allow_inf_nan=False, extra="forbid", strict=True)
 Phase3 = Annotated[list[float], Field(min_length=3, max_length=3)]
 MAX_SAMPLES = 4096  # per request; the manifest's window + baseline is far below
 MAX_IMAGE_CHARS = 4_000_000  # base64 characters per frame (~3 MB of image)
@@ -100,7 +101,10 @@ class FurnaceState(BaseModel):
     last_window_end: float | None
     detection: DetectionOut | None
     episode: EpisodeOut | None
-    health: dict[str, str]
+    health: dict[str, str] = Field(
+        description="per modality: the last window's health, or `no_data` for every modality "
+        "once that window is older than FURNACE_NO_DATA_SECONDS"
+    )
 
 
 class EpisodeRecord(BaseModel):
@@ -122,18 +126,34 @@ class FurnaceSummary(BaseModel):
     last_window_end: float | None
     condition: str | None
     score: float | None
-    health: dict[str, str]
+    health: dict[str, str] = Field(
+        description="per modality: the last window's health, or `no_data` for every modality "
+        "once that window is older than FURNACE_NO_DATA_SECONDS"
+    )
     episode: EpisodeRecord | None
 
 
 class FurnacesOut(BaseModel):
+    """One page of furnaces, by id (`GET /v1/furnaces?limit=&cursor=`)."""
+
     furnaces: list[FurnaceSummary]
+    next_cursor: str | None = Field(
+        None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 class ModelOut(BaseModel):
     """A summary of the served bundle's manifest (raw manifest sections passed through)."""
 
     bundle: str = Field(description="the bundle folder name this replica serves")
+    signed_by: str | None = Field(
+        description="id of the trusted key whose signature was checked; null for an unsigned "
+        "bundle (FURNACE_ALLOW_UNSIGNED_BUNDLES)"
+    )
+    desired: str | None = Field(
+        description="the `model:desired` key: the bundle every replica is asked to serve "
+        "(null when unset)"
+    )
     name: str
     model_version: str
     format_version: int

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -17,6 +17,7 @@ REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 if TYPE_CHECKING:
     from service.alerting import AlertPolicy
     from service.bundle import BundleAlertPolicy
+    from service.signing import BundleTrust
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -45,11 +46,29 @@ class Settings(BaseSettings):
     admin_keys: CommaList = []
     admin_keys_file: Path | None = None
     auth_disabled: bool = False
-    http_concurrency: int = Field(256, ge=1)  # beyond it uvicorn answers 503
+    # Reads (GET /v1/...): a key is needed when FURNACE_REQUIRE_READ_KEY is true or read keys are
+    # set; read, write and admin keys are all accepted there (docs/configuration.md)
+    read_keys: CommaList = []
+    read_keys_file: Path | None = None
+    require_read_key: bool = False
+    redis_read_timeout_seconds: float = Field(2.0, gt=0, le=60)  # GET routes: then 503
+    http_concurrency: int = Field(256, ge=1)  # requests in progress; beyond: 503 (not probes)
+    http_max_connections: int = Field(1024, ge=8)  # beyond: the longest idle one is closed
+    http_header_timeout_seconds: float = Field(10.0, gt=0)  # connect/idle -> request head
+    http_body_timeout_seconds: float = Field(60.0, gt=0)  # request head -> whole body
+    http_keep_alive_seconds: int = Field(5, ge=1)  # uvicorn's idle keep-alive timeout
     max_body_bytes: int = Field(8_000_000, ge=1024)
     http_queue: int = Field(32, ge=1)  # HTTP windows waiting for inference; beyond: 503
     max_frames: int = Field(64, ge=1, le=10_000)
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_request_pixels: int = Field(64 * 1024 * 1024, ge=64 * 64)  # all frames of one POST
+    decode_workers: int = Field(1, ge=1, le=16)  # the pool that decodes posted frames
+    http_inference_workers: int = Field(1, ge=1, le=16)  # ORT for HTTP; streams have their own
+
+    # Bundle signatures (docs/export.md "Signing"): base64 Ed25519 public keys
+    trusted_keys: CommaList = []
+    trusted_keys_file: Path | None = None
+    allow_unsigned_bundles: bool = False  # development only: serve unsigned bundles
 
     # Stream ingestion (docs/design/serving.md 1)
     ingest: bool = True
@@ -70,6 +89,11 @@ class Settings(BaseSettings):
     dlq_maxlen: int = Field(10_000, ge=100)
     alerts_maxlen: int = Field(10_000, ge=100)
     lease_ttl_ms: int = Field(15_000, ge=1000)
+    # Sensor time at most this far ahead of the entry's arrival (its stream id) or the request's
+    # receipt; beyond it the entry is dead-lettered ("future"), a POST gets 422 (docs/service.md)
+    max_future_skew_seconds: float = Field(30.0, ge=0)
+    # Furnaces (or "*": all) whose late entries are scored as backfill instead of dead-lettered
+    backfill_furnaces: CommaList = []
 
     # Alert episodes: open on k abnormal of the last n windows, close after m clean ones.
     # None (unset): the bundle's calibrated `alert_policy`, else 3 of 4 and 3 (docs/service.md)
@@ -77,10 +101,41 @@ class Settings(BaseSettings):
     alert_n: int | None = Field(None, ge=1)
     alert_m: int | None = Field(None, ge=1)
     max_furnace_labels: int = Field(64, ge=1)
+    # Monitoring (docs/configuration.md): a furnace without a new window for this long (wall
+    # clock) reports every modality down; the detection delay objective (unset: grace + 1 s)
+    no_data_seconds: float = Field(30.0, gt=0)
+    delay_objective_seconds: float | None = Field(None, gt=0)
 
-    @field_validator("api_keys", "admin_keys", "furnaces", mode="before")
+    @model_validator(mode="after")
+    def _check_objective(self) -> Settings:
+        objective = self.delay_objective_seconds
+        if objective is not None and objective <= self.grace_seconds:
+            msg = (
+                f"FURNACE_DELAY_OBJECTIVE_SECONDS {objective:g} must exceed "
+                f"FURNACE_GRACE_SECONDS {self.grace_seconds:g}: no window closes sooner"
+            )
+            raise ValueError(msg)
+        return self
+
+    def delay_objective(self) -> float:
+        """The detection delay objective (p99) in seconds: a window closes only once sensor
+        time passes its end + grace, so grace + 1 s unless FURNACE_DELAY_OBJECTIVE_SECONDS."""
+        if self.delay_objective_seconds is not None:
+            return self.delay_objective_seconds
+        return self.grace_seconds + 1.0
+
+    @field_validator(
+        "api_keys", "admin_keys", "read_keys", "furnaces", "backfill_furnaces", mode="before"
+    )
     @classmethod
     def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
@@ -99,13 +154,39 @@ class Settings(BaseSettings):
                 "or FURNACE_AUTH_DISABLED=true for a closed test network"
             )
             raise ValueError(msg)
+        self.bundle_trust()  # a malformed trusted key stops the start
         return self
+
+    def bundle_trust(self) -> BundleTrust:
+        """The keys a bundle must be signed with (FURNACE_TRUSTED_KEYS and the lines of
+        FURNACE_TRUSTED_KEYS_FILE), and whether unsigned bundles are allowed.
+
+        Raises:
+            ValueError: a key is malformed or the file cannot be read.
+        """
+        from service.signing import BundleTrust, read_key_file
+
+        texts = list(self.trusted_keys)
+        if self.trusted_keys_file is not None:
+            texts += read_key_file(self.trusted_keys_file)
+        return BundleTrust.from_texts(texts, allow_unsigned=self.allow_unsigned_bundles)
 
     def write_keys(self) -> tuple[str, ...]:
         """Keys accepted on write routes (admin keys are accepted there too)."""
         return tuple(dict.fromkeys([*self._keys(self.api_keys, self.api_keys_file)])) + (
             self.admin_key_set()
         )
+
+    def read_key_set(self) -> tuple[str, ...] | None:
+        """Keys accepted on read routes (read, write and admin keys); None: reads are open."""
+        read = self._keys(self.read_keys, self.read_keys_file)
+        if not (self.require_read_key or read):
+            return None
+        return tuple(dict.fromkeys(read)) + self.write_keys()
+
+    def backfills(self, furnace_id: str) -> bool:
+        """Whether the furnace's late entries are scored as backfill (FURNACE_BACKFILL_FURNACES)."""
+        return "*" in self.backfill_furnaces or furnace_id in self.backfill_furnaces
 
     def admin_key_set(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self._keys(self.admin_keys, self.admin_keys_file)))
@@ -140,3 +221,52 @@ class Settings(BaseSettings):
         if "/" in value or value.startswith("."):
             return Path(value)
         return self.models_dir / value
+
+
+def bundle_problem(settings: Settings, name: str | None = None) -> str | None:
+    """None when the bundle `name` (default FURNACE_BUNDLE) is a folder with a manifest, else
+    one line saying what is wrong and which bundles FURNACE_MODELS_DIR holds."""
+    path = settings.bundle_path(name)
+    if (path / "manifest.json").is_file():
+        return None
+    what = "has no manifest.json" if path.is_dir() else "does not exist"
+    found = available_bundles(settings.models_dir)
+    listing = ", ".join(found) if found else "none"
+    return (
+        f"bundle {name or settings.bundle!r} ({path}) {what}; bundles in "
+        f"FURNACE_MODELS_DIR={settings.models_dir}: {listing}"
+    )
+
+
+def available_bundles(models_dir: Path) -> list[str]:
+    """Names of the folders under `models_dir` that hold a manifest.json."""
+    try:
+        return sorted(p.name for p in models_dir.iterdir() if (p / "manifest.json").is_file())
+    except OSError:
+        return []
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line naming each failing setting's variable, its value and what is expected, e.g.
+    `FURNACE_PORT='abc': Input should be a valid integer (an integer)`."""
+    problems = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if not isinstance(x, int)]
+        text = str(err.get("msg", "")).removeprefix("Value error, ")
+        if loc:
+            name = "FURNACE_" + loc[0].upper()
+            value = err.get("input")
+            shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""
+            field = Settings.model_fields.get(loc[0])
+            kind = _expected(field.annotation) if field is not None else ""
+            text = f"{name}{shown}: {text}" + (f" (expected {kind})" if kind else "")
+        problems.append(text)
+    return "; ".join(problems)
+
+
+def _expected(annotation: object) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", Path: "a path"}
+    for kind, text in names.items():
+        if annotation is kind or annotation == (kind | None):
+            return text
+    return ""

@@ -47,6 +47,10 @@ class Keys:
     def state(self, furnace_id: str) -> str:
         return f"{self.prefix}furnace:{furnace_id}:state"
 
+    def backfilled(self, furnace_id: str) -> str:
+        """A sorted set of the window ends written as backfill (score and member: the end)."""
+        return f"{self.prefix}furnace:{furnace_id}:backfilled"
+
     @property
     def alerts(self) -> str:
         return f"{self.prefix}alerts"
@@ -122,6 +126,25 @@ def parse_state(furnace_id: str, stored: Mapping[str, str]) -> AlertState:
     return AlertState.from_dict(stored)
 
 
+def detection_entry(
+    det: Detection, view: Detection, payload: str, *, source: str | None = None
+) -> dict[FieldT, EncodableT]:
+    """The fields of a `furnace:{id}:detections` entry: the alerting view's decision (`view`,
+    from `alerting_form`), the detection as JSON (`payload`) and, for backfill, `source`."""
+    entry: dict[FieldT, EncodableT] = {
+        "window_end": repr(det.window_end),
+        "condition": det.condition,
+        "score": repr(float(view.score)) if view.modalities else "",
+        "is_abnormal": "1" if view.is_abnormal else "0",
+        "decided_by": view.decided_by,
+        "model_version": det.model_version,
+    }
+    if source is not None:
+        entry["source"] = source
+    entry["data"] = payload
+    return entry
+
+
 async def commit_detection(
     client: aioredis.Redis,
     keys: Keys,
@@ -164,15 +187,7 @@ async def commit_detection(
                 pipe.hset(key, mapping=mapping)
                 pipe.xadd(
                     keys.detections(det.furnace_id),
-                    {
-                        "window_end": repr(det.window_end),
-                        "condition": det.condition,
-                        "score": repr(float(view.score)) if view.modalities else "",
-                        "is_abnormal": "1" if view.is_abnormal else "0",
-                        "decided_by": view.decided_by,
-                        "model_version": det.model_version,
-                        "data": payload,
-                    },
+                    detection_entry(det, view, payload),
                     maxlen=detections_maxlen,
                     approximate=True,
                 )
@@ -189,6 +204,42 @@ async def commit_detection(
                 pipe.sadd(keys.furnaces, det.furnace_id)
                 await pipe.execute()
                 return CommitResult(True, new_state, events)
+            except WatchError:
+                continue
+
+
+async def commit_backfill(
+    client: aioredis.Redis, keys: Keys, det: Detection, *, detections_maxlen: int
+) -> bool:
+    """Write a backfill detection (a window of late entries, FURNACE_BACKFILL_FURNACES) to the
+    detections stream, once per window end: WATCH `furnace:{id}:backfilled` -> skip when the
+    end is in it -> MULTI: ZADD the end (the set keeps the newest `detections_maxlen`), XADD
+    the detection with `source` "backfill" -> EXEC. The alert state is not touched: the live
+    windows went past it. Returns whether it was written (False: a redelivery).
+    """
+    key = keys.backfilled(det.furnace_id)
+    member = repr(det.window_end)
+    payload = json.dumps({**det.to_dict(), "source": "backfill"}, allow_nan=False)
+    view = alerting_form(det)
+    while True:
+        async with client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                if await pipe.zscore(key, member) is not None:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.zadd(key, {member: det.window_end})
+                pipe.zremrangebyrank(key, 0, -detections_maxlen - 1)
+                pipe.xadd(
+                    keys.detections(det.furnace_id),
+                    detection_entry(det, view, payload, source="backfill"),
+                    maxlen=detections_maxlen,
+                    approximate=True,
+                )
+                pipe.sadd(keys.furnaces, det.furnace_id)
+                await pipe.execute()
+                return True
             except WatchError:
                 continue
 

@@ -116,6 +116,9 @@ class Replay:
         maxlen_camera: approximate cap of each camera stream.
         png_level: zlib level of the PNG frames (1: fast, 9: small).
         batch: most entries in one pipeline (one tick at real-time speed is one pipeline).
+        reconnect: when Redis refuses or drops the connection, log a line and retry with
+            backoff (up to 10 s between tries) until it answers or `stop` is set, then carry on
+            with the entries due by then; False: raise.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Replay:
         maxlen_camera: int = CAMERA_MAXLEN,
         png_level: int = 1,
         batch: int = 500,
+        reconnect: bool = False,
     ) -> None:
         if math.isnan(speed) or speed < 0:
             msg = f"speed must be >= 0 (0 or inf: as fast as possible), got {speed}"
@@ -147,6 +151,7 @@ class Replay:
         self.maxlen = {"current": maxlen_current, "camera": maxlen_camera}
         self.png_level = png_level
         self.batch = batch
+        self.reconnect = reconnect
         self._observed: list[_Observed] = []
         self._truth: list[tuple[list[dict[str, Any]], NDArray[np.float64], NDArray[np.int8]]] = []
         self._faults: list[FaultWindow] = []
@@ -239,7 +244,8 @@ class Replay:
             Entries published per furnace and modality, and why the run ended.
 
         Raises:
-            redis.RedisError: the server is unreachable or refuses a write.
+            redis.RedisError: the server is unreachable (without `reconnect`) or refuses a
+                write.
         """
         n = self._t_sim.shape[0]
         counts = np.zeros((len(self._observed), 2), np.int64)
@@ -267,7 +273,9 @@ class Replay:
                 else:
                     time.sleep(wait)
                 continue
-            self._publish(i, j)
+            if not self._publish(i, j, stop):
+                reason = "stopped"
+                break
             np.add.at(counts, (self._furnace[i:j], self._modality[i:j]), 1)
             if progress is not None:
                 progress(float(self._t_sim[j - 1]), j - i)
@@ -290,7 +298,27 @@ class Replay:
             )
             self._faults.append(window)
 
-    def _publish(self, i: int, j: int) -> None:
+    def _publish(self, i: int, j: int, stop: threading.Event | None = None) -> bool:
+        """Publish entries i..j-1, retrying a refused or dropped connection when `reconnect`
+        is set (a dropped pipeline may be sent twice: the service ignores duplicate `ts`).
+        Returns False when `stop` was set while waiting for Redis."""
+        delay = 0.5
+        while True:
+            try:
+                self._publish_once(i, j)
+                return True
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not self.reconnect:
+                    raise
+                logger.warning("replay: Redis unreachable (%s); retrying in %.1f s", exc, delay)
+                if stop is not None:
+                    if stop.wait(delay):
+                        return False
+                else:
+                    time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _publish_once(self, i: int, j: int) -> None:
         """XADD entries i..j-1 of the timeline in one pipeline (no transaction)."""
         pipe = self.client.pipeline(transaction=False)
         rows = zip(

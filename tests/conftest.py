@@ -18,6 +18,7 @@ import redis
 from tests.helpers.redis_keys import delete_prefix
 
 REDIS_URL = os.environ.get("FURNACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+pytest_plugins = ["tests.helpers.reliability"]  # --reliability-report (docs/reliability.md)
 
 
 @pytest.fixture(scope="session")
@@ -79,5 +80,6 @@ def tiny_bundle(
     from training.export import export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle(tiny_run, out, data_dir=easy_data["train"])
+    key = Path(__file__).resolve().parents[1] / "keys" / "dev-bundle.key"
+    export_bundle(tiny_run, out, data_dir=easy_data["train"], signing_key=key)
     return out

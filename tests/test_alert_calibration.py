@@ -366,6 +366,7 @@ def test_decide_is_the_engines_rule_on_hand_cases() -> None:
 
 def _with_policy(tmp_path: Path, policy: dict[str, object] | None) -> Path:
     from training.export.bundle import rewrite_manifest
+    from training.export.signing import load_signing_key
 
     folder = tmp_path / "bundle"
     shutil.copytree(DEFAULT, folder)
@@ -373,7 +374,8 @@ def _with_policy(tmp_path: Path, policy: dict[str, object] | None) -> Path:
     raw.pop("alert_policy", None)  # as exported before alert policies existed
     if policy is not None:
         raw["alert_policy"] = policy
-    rewrite_manifest(folder, raw)
+    key = load_signing_key(DEFAULT.parents[1] / "keys" / "dev-bundle.key")
+    rewrite_manifest(folder, raw, signing_key=key)  # models/default is signed
     return folder
 
 
@@ -537,6 +539,8 @@ def test_calibrate_alerts_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
             "1",
             "--out",
             str(out),
+            "--signing-key",  # models/default is signed: the rewrite must be signed again
+            str(DEFAULT.parents[1] / "keys" / "dev-bundle.key"),
         ]
     )
     assert run.returncode == 0, run.stderr

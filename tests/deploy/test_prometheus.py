@@ -12,6 +12,7 @@ installed (`.ci/run` does it): these tests fail, never skip, without them.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -35,10 +36,16 @@ import yaml
 from service.bundle import read_manifest
 from service.main import create_app
 from service.metrics import Metrics
-from tests.deploy.test_deploy_files import RULES_YML, dashboard_exprs, rules
+from service.types import WindowSpec
+from tests.deploy.test_deploy_files import (
+    RULES_YML,
+    all_panels,
+    dashboard,
+    dashboard_exprs,
+    rules,
+)
 from tests.helpers.redis_keys import delete_prefix
 from tests.helpers.service import (
-    T0,
     WRITE_KEY,
     make_settings,
     publish_synthetic,
@@ -46,12 +53,14 @@ from tests.helpers.service import (
     serve_app,
     window_body,
     window_ends,
+    with_thresholds,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 STARTUP_SECONDS = 30.0
 FURNACE = "F01"  # the furnace whose streams the served app reads
+HTTP_FURNACE = "F02"  # a configured furnace that only gets windows over HTTP
 # What Grafana puts in place of the dashboard's variables: "All" and a multi-value selection.
 SUBSTITUTIONS = (
     {"$__rate_interval": "1m", "$furnace": ".*"},
@@ -218,22 +227,49 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 class ServedApp:
     metrics_url: str
     model_version: str
+    base_url: str
+    prefix: str
+    spec: WindowSpec
+    client: redis.Redis
+
+
+def _post(base_url: str, furnace_id: str, body: dict[str, Any]) -> int:
+    headers = {"X-API-Key": WRITE_KEY, "Content-Type": "application/json"}
+    post = urllib.request.Request(
+        f"{base_url}/v1/furnaces/{furnace_id}/windows",
+        data=json.dumps(body).encode(),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(post, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 @pytest.fixture(scope="module")
 def served_app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
 ) -> Iterator[ServedApp]:
-    """The real app under uvicorn, after scoring windows from a stream and over HTTP."""
-    bundle = resolve_bundle(request, tmp_path_factory)
+    """The real app under uvicorn, after scoring windows from a stream and over HTTP.
+
+    Its bundle flags every window (thresholds near 0), so alert episodes open; the stream's
+    sensor time is the last 40 s of the wall clock, so detection delays are observed; one
+    camera entry is poison and one current entry arrives after its window closed (late)."""
+    bundle = with_thresholds(
+        resolve_bundle(request, tmp_path_factory), tmp_path_factory.mktemp("flag") / "b", 1e-6
+    )
     spec = read_manifest(bundle).window
     prefix = f"t:{uuid.uuid4().hex[:12]}:"
     client = redis.Redis.from_url(redis_url)
     try:
-        start = T0 + 2000.0
+        start = float(round(time.time() - 40.0))
         publish_synthetic(client, prefix, FURNACE, spec, start, 30.0)
         client.xadd(f"{prefix}furnace:{FURNACE}:camera", {"ts": f"{start:.3f}", "image": b"junk"})
-        settings = make_settings(redis_url, prefix, bundle, furnaces=[FURNACE])
+        settings = make_settings(
+            redis_url, prefix, bundle, furnaces=[FURNACE, HTTP_FURNACE], no_data_seconds=300.0
+        )
         with serve_app(create_app(settings, group_start_id="0")) as base:
             last = start + 30.0 - 1.0 / spec.rate_hz - 1.0  # the newest end + grace it can close
             _wait_for(
@@ -244,20 +280,18 @@ def served_app(
                 ),
                 STARTUP_SECONDS,
             )
-            headers = {"X-API-Key": WRITE_KEY, "Content-Type": "application/json"}
-            for body in (window_body(spec, start + 1000.0), {"current": {}}):
-                post = urllib.request.Request(
-                    f"{base}/v1/furnaces/{FURNACE}/windows",
-                    data=json.dumps(body).encode(),
-                    headers=headers,
-                    method="POST",
-                )
-                try:
-                    with urllib.request.urlopen(post, timeout=30) as response:
-                        assert response.status == 200
-                except urllib.error.HTTPError as exc:
-                    assert exc.code == 422
-            yield ServedApp(f"{base}/metrics", read_manifest(bundle).model_version)
+            late = {"ts": f"{start + 1.25:.3f}", "a": "12000", "b": "12000", "c": "12000"}
+            client.xadd(f"{prefix}furnace:{FURNACE}:current", late)  # type: ignore[arg-type]
+            assert _post(base, FURNACE, window_body(spec, start + 36.0)) == 200
+            assert _post(base, FURNACE, {"current": {}}) == 422
+            yield ServedApp(
+                f"{base}/metrics",
+                read_manifest(bundle).model_version,
+                base,
+                prefix,
+                spec,
+                client,
+            )
     finally:
         client.close()
         delete_prefix(redis_url, prefix)
@@ -284,6 +318,20 @@ def prometheus(
         # A few scrapes more, so rate() has samples to work on.
         time.sleep(3)
         yield prom
+
+
+@pytest.fixture(scope="module")
+def live_traffic(prometheus: Prometheus, served_app: ServedApp) -> Prometheus:
+    """While Prometheus scrapes: an alert episode opens on the HTTP furnace (its counters are
+    already scraped at 0) from windows ending just before now (their delays are observed)."""
+    spec = served_app.spec
+    now = time.time()
+    first = (now // spec.hop_seconds - 12) * spec.hop_seconds
+    for k in range(8):
+        body = window_body(spec, first + k * spec.hop_seconds, seed=k)
+        assert _post(served_app.base_url, HTTP_FURNACE, body) == 200
+    time.sleep(3)  # a few scrapes
+    return prometheus
 
 
 def _substitute(expr: str, values: dict[str, str]) -> str:
@@ -354,3 +402,75 @@ def test_promtool_check_metrics_on_the_scrape(scrape_target: str) -> None:
         timeout=60,
     )
     assert out.returncode == 0, (out.stdout + out.stderr).decode()
+
+
+def _values(answer: dict[str, Any]) -> list[float]:
+    data = answer["data"]
+    if data["resultType"] == "scalar":
+        return [float(data["result"][1])]
+    return [float(series["value"][1]) for series in data["result"]]
+
+
+def test_every_dashboard_query_returns_data(live_traffic: Prometheus) -> None:
+    # Every panel shows something against a live service: no empty panel, no NaN-only panel.
+    empty = []
+    for expr in dashboard_exprs():
+        query = _substitute(expr, SUBSTITUTIONS[0])
+        answer = live_traffic.query(query)
+        assert answer["status"] == "success", (query, answer.get("error"))
+        values = _values(answer)
+        if not values or all(math.isnan(v) for v in values):
+            empty.append(f"{query} -> {answer['data']['result']}")
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def _stored_episodes(served_app: ServedApp) -> tuple[set[str], int]:
+    """Furnaces with an open episode in Redis, and the opened events of HTTP_FURNACE."""
+    client, prefix = served_app.client, served_app.prefix
+    open_now = set()
+    for furnace_id in (FURNACE, HTTP_FURNACE):
+        raw = client.hget(f"{prefix}furnace:{furnace_id}:state", "episode")
+        if raw:
+            open_now.add(furnace_id)
+    opened = sum(
+        1
+        for _, fields in client.xrange(f"{prefix}alerts")  # type: ignore[union-attr]
+        if fields[b"event"] == b"opened" and fields[b"furnace_id"] == HTTP_FURNACE.encode()
+    )
+    return open_now, opened
+
+
+def test_alert_panels_match_the_alert_state_in_redis(
+    live_traffic: Prometheus, served_app: ServedApp
+) -> None:
+    open_now, opened = _stored_episodes(served_app)
+    assert open_now == {FURNACE, HTTP_FURNACE} and opened == 1
+    panels = {
+        title: target["expr"]
+        for title, target in (
+            (panel["title"], target)
+            for panel in all_panels(dashboard()["panels"])
+            for target in panel.get("targets", [])
+        )
+    }
+    in_alert = _values(
+        live_traffic.query(_substitute(panels["Furnaces in alert"], SUBSTITUTIONS[0]))
+    )
+    assert in_alert == [float(len(open_now))]
+    listed = live_traffic.query(_substitute(panels["Open alert episodes"], SUBSTITUTIONS[0]))
+    assert {s["metric"]["furnace"] for s in listed["data"]["result"]} == open_now
+    episodes = live_traffic.query(
+        _substitute(
+            panels["Alert episodes opened (24 h)"], {**SUBSTITUTIONS[0], "$furnace": HTTP_FURNACE}
+        )
+    )
+    # The episode opened while Prometheus watched: counted once (a series born at 1 was not).
+    assert sum(_values(episodes)) == opened
+
+
+def test_no_phantom_other_furnace(live_traffic: Prometheus) -> None:
+    # Windows rebuilt from history at adoption are scored before discovery registers the
+    # furnace; they used to report as `other`, and its stale health kept SensorDown firing.
+    values = live_traffic.get("/api/v1/label/furnace/values", **{"match[]": "furnace_modality_up"})
+    assert "other" not in values["data"]
+    assert FURNACE in values["data"]

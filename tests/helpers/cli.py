@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 TORCH_MARK = "torch loaded:"
 
@@ -22,3 +22,17 @@ def run_cli(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
     )
     return run, f"{TORCH_MARK} False" not in run.stdout  # no mark counts as loaded
+
+
+def run_furnace(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m furnace ARGS` as a user runs it (output captured as text); `env` replaces
+    the environment when given."""
+    return subprocess.run(
+        [sys.executable, "-m", "furnace", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else dict(env),
+    )

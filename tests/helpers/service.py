@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 DEFAULT_BUNDLE = REPO / "models" / "default"
+DEV_PUBLIC_KEY = REPO / "keys" / "dev-bundle.pub"  # models/default is signed with its key
+DEV_SIGNING_KEY = REPO / "keys" / "dev-bundle.key"
 
 
 WRITE_KEY = "k1"
@@ -92,6 +94,7 @@ def make_settings(redis_url: str, prefix: str, bundle: Path | str, **overrides: 
         "discovery_interval_seconds": 0.2,
         "claim_interval_seconds": 0.5,
         "inference_workers": 1,
+        "trusted_keys_file": DEV_PUBLIC_KEY,
     }
     values.update(overrides)
     return Settings(**values)
@@ -170,29 +173,41 @@ def publish_synthetic(
     *,
     seed: int = 0,
     nan_at: tuple[float, ...] = (),
+    modalities: tuple[str, ...] = ("current", "camera"),
+    atomic: bool = False,
 ) -> None:
-    """Clean 2 Hz current and one noise frame every 1/camera_fps from `start` for `seconds`;
-    samples at the `nan_at` times carry NaN phases (sensor health, not poison)."""
+    """Clean 2 Hz current and one noise frame every 1/camera_fps from `start` for `seconds`
+    (the streams in `modalities` only); samples at the `nan_at` times carry NaN phases (sensor
+    health, not poison). `atomic`: in one MULTI, so a blocked reader sees both streams together
+    (published one after the other, the frames would come after the current closed their
+    windows: late)."""
     rng = np.random.default_rng(seed)
-    pipe = client.pipeline(transaction=False)
-    n = round(seconds * spec.rate_hz)
-    for k in range(n):
-        ts = start + k / spec.rate_hz
-        a, b, c = (12000 + 150 * rng.standard_normal(3)).round(2).tolist()
-        if any(abs(ts - t) < 1e-6 for t in nan_at):
-            a = b = c = math.nan
-        fields = {"ts": f"{ts:.3f}", "a": f"{a}", "b": f"{b}", "c": f"{c}"}
-        pipe.xadd(f"{prefix}furnace:{furnace_id}:current", fields)  # type: ignore[arg-type]
-    frames = noise_frames(round(seconds * spec.camera_fps), spec.frame_px, seed)
-    for k, frame in enumerate(frames):
-        ts = start + k / spec.camera_fps
-        fields = {"ts": f"{ts:.3f}", "image": encode_png(frame)}
-        pipe.xadd(f"{prefix}furnace:{furnace_id}:camera", fields)  # type: ignore[arg-type]
+    pipe = client.pipeline(transaction=atomic)
+    if "current" in modalities:
+        for k in range(round(seconds * spec.rate_hz)):
+            ts = start + k / spec.rate_hz
+            a, b, c = (12000 + 150 * rng.standard_normal(3)).round(2).tolist()
+            if any(abs(ts - t) < 1e-6 for t in nan_at):
+                a = b = c = math.nan
+            fields = {"ts": f"{ts:.3f}", "a": f"{a}", "b": f"{b}", "c": f"{c}"}
+            pipe.xadd(f"{prefix}furnace:{furnace_id}:current", fields)  # type: ignore[arg-type]
+    if "camera" in modalities:
+        frames = noise_frames(round(seconds * spec.camera_fps), spec.frame_px, seed)
+        for k, frame in enumerate(frames):
+            ts = start + k / spec.camera_fps
+            fields = {"ts": f"{ts:.3f}", "image": encode_png(frame)}
+            pipe.xadd(f"{prefix}furnace:{furnace_id}:camera", fields)  # type: ignore[arg-type]
     pipe.execute()
 
 
 def stream_fields(fields: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+
+
+def dead_letters(client: redis.Redis, prefix: str) -> list[dict[str, str]]:
+    """The `dlq` stream's entries under `prefix`, oldest first, as text."""
+    rows = client.xrange(f"{prefix}dlq")
+    return [stream_fields(fields) for _, fields in rows]  # type: ignore[union-attr]
 
 
 def detections(client: redis.Redis, prefix: str, furnace_id: str) -> list[dict[str, Any]]:
@@ -230,7 +245,15 @@ def with_thresholds(bundle: Path, dest: Path, value: float) -> Path:
     for name in ("current", "camera", "fused"):
         raw["thresholds"][name] = value
     path.write_text(json.dumps(raw, indent=2))
+    dev_sign(dest)  # re-signed: the service refuses a manifest changed after signing
     return dest
+
+
+def dev_sign(bundle: Path) -> None:
+    """Sign `bundle` with the repository's development key (what the test settings trust)."""
+    from training.export.signing import load_signing_key, sign_manifest
+
+    sign_manifest(bundle, load_signing_key(DEV_SIGNING_KEY))
 
 
 def free_port() -> int:
@@ -241,12 +264,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(app: FastAPI, *, startup_timeout: float = 60.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a thread (lifespan included);
-    yields the base URL and shuts the server down on exit."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on"
-    )
+def run_server(config: uvicorn.Config, *, startup_timeout: float = 60.0) -> Iterator[str]:
+    """Run the uvicorn `config` in a thread (lifespan included); yields the base URL and shuts
+    the server down on exit."""
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
@@ -258,7 +278,15 @@ def serve_app(app: FastAPI, *, startup_timeout: float = 60.0) -> Iterator[str]:
         )
         if not server.started:
             pytest.fail("uvicorn did not start (see the log above)", pytrace=False)
-        yield f"http://127.0.0.1:{config.port}"
+        yield f"http://{config.host}:{config.port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def serve_app(app: FastAPI, *, startup_timeout: float = 60.0) -> AbstractContextManager[str]:
+    """Serve `app` with a plain uvicorn config on a free loopback port (`run_server`)."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on"
+    )
+    return run_server(config, startup_timeout=startup_timeout)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.bundle import Manifest
 from service.main import create_app
+from service.signing import parse_public_key, read_key_file
 from service.types import WindowSpec
 from tests.helpers.decisions import check_decision
 from tests.helpers.service import (
     ADMIN,
+    DEV_PUBLIC_KEY,
     T0,
     WRITE,
     free_port,
@@ -260,7 +264,7 @@ def _bad_bodies(spec: WindowSpec) -> dict[str, tuple[str | dict[str, Any], str]]
         ),
         "far-future": (
             {**good, "window_end": END + 10 * 365 * 86400.0},
-            "plausible",
+            "in the future",
         ),
         "unknown-field": ({**good, "colour": "red"}, "colour"),
         "unknown-nested-field": (with_current(phase_d=[1.0]), "phase_d"),
@@ -349,6 +353,77 @@ def test_furnaces_lists_every_furnace_with_detections(client: TestClient, spec: 
     assert furnaces["list1"]["health"] == {"current": "ok", "camera": "ok"}
 
 
+def test_health_reads_no_data_once_the_last_window_is_older_than_no_data_seconds(
+    redis_url: str,
+    key_prefix: str,
+    bundle_dir: Path,
+    redis_client: redis.Redis,
+    spec: WindowSpec,
+) -> None:
+    """A furnace whose data stopped does not read "ok" forever (issue 15 item 2): both read
+    routes report every modality `no_data` once its last window was committed (the state
+    hash's `updated_at`, wall clock) more than FURNACE_NO_DATA_SECONDS ago, and "ok" again
+    when a new window comes. The commit time is moved back instead of waiting."""
+    settings = make_settings(redis_url, key_prefix, bundle_dir, ingest=False, no_data_seconds=10.0)
+    state_key = f"{key_prefix}furnace:nd1:state"
+    ok = {"current": "ok", "camera": "ok"}
+    no_data = {"current": "no_data", "camera": "no_data"}
+    with TestClient(create_app(settings)) as client:
+
+        def reported() -> tuple[dict[str, str], dict[str, str]]:
+            state = client.get("/v1/furnaces/nd1/state").json()
+            listed = {f["furnace_id"]: f for f in client.get("/v1/furnaces").json()["furnaces"]}
+            return state["health"], listed["nd1"]["health"]
+
+        assert post(client, "nd1", window_body(spec, END)).status_code == 200
+        assert reported() == (ok, ok)
+        redis_client.hset(state_key, "updated_at", repr(time.time() - 5.0))
+        assert reported() == (ok, ok)  # 5 s old: within FURNACE_NO_DATA_SECONDS
+        redis_client.hset(state_key, "updated_at", repr(time.time() - 15.0))
+        assert reported() == (no_data, no_data)  # 15 s: ok under the default 30 s, not 10 s
+        state = client.get("/v1/furnaces/nd1/state").json()
+        assert state["detection"]["health"] == ok  # the last detection itself is unchanged
+        assert state["last_window_end"] == END
+        assert post(client, "nd1", window_body(spec, END + spec.hop_seconds)).status_code == 200
+        assert reported() == (ok, ok)  # data again
+
+
+def test_model_names_the_bundle_its_signer_and_model_desired(
+    redis_url: str,
+    key_prefix: str,
+    bundle_dir: Path,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """`bundle` (folder name), `signed_by` (the trusted key id that verified the manifest;
+    null for an unsigned bundle served under FURNACE_ALLOW_UNSIGNED_BUNDLES) and `desired`
+    (the `model:desired` key, read live; null when unset)."""
+    dev_key_id, _ = parse_public_key(read_key_file(DEV_PUBLIC_KEY)[0])
+    signature = json.loads((bundle_dir / "signature.json").read_text())
+    # FURNACE_MODEL_POLL_SECONDS=0: the key is reported, not followed
+    settings = make_settings(redis_url, key_prefix, bundle_dir, ingest=False, model_poll_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        out = client.get("/v1/model").json()
+        assert out["bundle"] == bundle_dir.name
+        assert out["signed_by"] == signature["key_id"] == dev_key_id
+        assert out["desired"] is None
+        redis_client.set(f"{key_prefix}model:desired", "next-bundle")
+        out = client.get("/v1/model").json()
+        assert out["desired"] == "next-bundle"
+        assert out["bundle"] == bundle_dir.name
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["ModelOut"]
+        assert {"bundle", "signed_by", "desired"} <= set(schema["required"])
+    unsigned = shutil.copytree(bundle_dir, tmp_path / "unsigned")
+    (unsigned / "signature.json").unlink()
+    settings = make_settings(
+        redis_url, key_prefix, unsigned, ingest=False, allow_unsigned_bundles=True
+    )
+    with TestClient(create_app(settings)) as client:
+        out = client.get("/v1/model").json()
+        assert out["bundle"] == "unsigned"
+        assert out["signed_by"] is None
+
+
 def test_model_describes_the_served_bundle(client: TestClient, manifest: Manifest) -> None:
     out = client.get("/v1/model").json()
     assert out["model_version"] == manifest.model_version
@@ -424,6 +499,11 @@ def test_metrics_expose_the_serving_series_after_scoring(
         "furnace_alert_episodes",
         "furnace_alert_active",
         "furnace_modality_up",
+        # per-furnace series: an id known only over HTTP has none (it shares `other`)
+        "furnace_last_window_timestamp_seconds",
+        "furnace_window_score",
+        "furnace_window_threshold",
+        "furnace_code_usage_drift",
     }
     for name, (kind, labels) in SERIES.items():
         if name in needs_streams:

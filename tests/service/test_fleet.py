@@ -80,13 +80,17 @@ def test_replicas_follow_model_desired(
 def test_a_full_inference_queue_answers_503(
     bundle_dir: Path, redis_url: str, key_prefix: str, spec: WindowSpec
 ) -> None:
-    settings = make_settings(redis_url, key_prefix, bundle_dir, ingest=False, http_queue=1)
+    settings = make_settings(
+        redis_url, key_prefix, bundle_dir, ingest=False, http_queue=1, http_inference_workers=1
+    )
     url = "/v1/furnaces/{}/windows"
     end = T0 + 600.0
     with TestClient(create_app(settings)) as client:
         rt = client.app.state.runtime  # type: ignore[attr-defined]
         gate = threading.Event()
-        rt.executor.submit(gate.wait, 60)  # the only inference worker is busy
+        rt.http_executor.submit(gate.wait, 60)  # the only HTTP inference worker is busy
+        # ... while the streams' inference pool stays free (HTTP load never holds it)
+        assert rt.executor.submit(lambda: "free").result(timeout=10) == "free"
         first: list[httpx.Response] = []
         body = window_body(spec, end)
 

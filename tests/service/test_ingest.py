@@ -34,10 +34,12 @@ from simulator.replay import Replay
 from simulator.scenario import ConditionSpec, FurnaceSpec, Scenario, stream_down
 from tests.helpers.redis_keys import delete_prefix
 from tests.helpers.service import (
+    DEV_PUBLIC_KEY,
     REPO,
     T0,
     WRITE,
     WRITE_KEY,
+    dead_letters,
     detections,
     free_port,
     hop_grid,
@@ -280,10 +282,7 @@ def test_poison_entries_are_dead_lettered_and_acked_while_good_ones_flow(
         )
         metrics = client.get("/metrics").text
     assert [d["window_end"] for d in dets] == ends
-    dlq = [
-        {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-        for _, fields in redis_client.xrange(f"{key_prefix}dlq")  # type: ignore[union-attr]
-    ]
+    dlq = dead_letters(redis_client, key_prefix)
     got = {(d["source"], d["id"]): d["reason"] for d in dlq}
     assert got == {(k, i.decode()): r for (k, i), r in poison.items()}
     assert all(d["detail"] and d["deliveries"] == "1" for d in dlq)
@@ -385,6 +384,7 @@ def test_a_consumer_killed_mid_batch_loses_and_repeats_no_window(
         "FURNACE_KEY_PREFIX": key_prefix,
         "FURNACE_BUNDLE": str(bundle_dir),
         "FURNACE_API_KEYS": WRITE_KEY,
+        "FURNACE_TRUSTED_KEYS_FILE": str(DEV_PUBLIC_KEY),
         "FURNACE_READ_COUNT": "10",  # many small batches: a kill lands inside one
         "FURNACE_BLOCK_MS": "200",
         "FURNACE_DISCOVERY_INTERVAL_SECONDS": "0.2",

@@ -23,8 +23,9 @@ from tests.helpers.service import T0, window_body
 from service.bundle import read_manifest
 
 bundle = Path(sys.argv[1])
+keys = Path(service.main.__file__).parents[1] / "keys/dev-bundle.pub"
 settings = Settings(bundle=str(bundle), auth_disabled=True, ingest=False, redis_url=sys.argv[2],
-                    key_prefix=sys.argv[3])
+                    key_prefix=sys.argv[3], trusted_keys_file=keys)
 app = service.main.create_app(settings)
 with TestClient(app) as client:
     body = window_body(read_manifest(bundle).window, T0 + 400.0)

@@ -287,7 +287,8 @@ def test_cli_replays_and_explains_a_missing_redis(
     assert redis_client.xlen(f"{key_prefix}furnace:s2f000:current") == 360
     assert json.loads(truth.read_text())["furnaces"] == ["s2f000"]
     down = subprocess.run(
-        [sys.executable, "-m", "furnace", "replay", "--redis-url", "redis://127.0.0.1:1/0"],
+        [sys.executable, "-m", "furnace", "replay", "--redis-url", "redis://127.0.0.1:1/0"]
+        + ["--wait-redis", "1"],  # without it a refused connection is retried until Ctrl-C
         capture_output=True,
         text=True,
         timeout=60,

@@ -130,7 +130,11 @@ def _read_one(
     frame_sec, _ = _read_csv(root / "timestamps" / f"{name}.csv", n_values=0)
     side = root / "sentinel" / f"{name}.npz"
     meta = _load_json(side.with_suffix(".json"))
-    t0 = float(meta["start_epoch"]) if meta else float(min(cur_sec[0], frame_sec[0]))
+    firsts = [int(x[0]) for x in (cur_sec, frame_sec) if len(x)]  # a plant import: no frames
+    if not firsts:
+        msg = f"{name}: neither current samples nor frame timestamps"
+        raise ValueError(msg)
+    t0 = float(meta["start_epoch"]) if meta else float(min(firsts))
     a = dict(np.load(side)) if meta else {}
     a.setdefault("t_cur", _spread_seconds(cur_sec, 2) - t0)  # docs/design/furnace.md 8.4 step 1
     a.setdefault("t_frame", _spread_seconds(frame_sec, 1) - t0)
@@ -194,6 +198,8 @@ def _read_csv(path: Path, *, n_values: int) -> tuple[NDArray[np.int64], NDArray[
         skip = 0
     except (ValueError, IndexError):
         skip = 1  # row 0 is a header: never rely on its column names
+    if not row0 or (skip and _line_count(path) <= 1):
+        return np.zeros(0, np.int64), np.zeros((0, n_values), np.float32)  # header only
     df = pd.read_csv(
         path,
         header=None,
@@ -206,6 +212,12 @@ def _read_csv(path: Path, *, n_values: int) -> tuple[NDArray[np.int64], NDArray[
     sec = stamps.to_numpy().astype("datetime64[s]").astype(np.int64)
     values = df.iloc[:, 1 : 1 + n_values].to_numpy(np.float32)
     return sec, values
+
+
+def _line_count(path: Path) -> int:
+    """Lines in a file, counted on its bytes (headers of real exports are GBK, not UTF-8)."""
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
 
 
 def _spread_seconds(sec: NDArray[np.int64], min_n: int) -> NDArray[np.float64]:
@@ -261,7 +273,9 @@ def _video(
 
 def _any_pixel(block: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """(B, ...) -> (B,) 1 where any element is non-zero (docs/design/furnace.md 8.1 frame label)."""
-    return (block.reshape(len(block), -1).max(axis=1, initial=0) > 0).astype(np.uint8)
+    return (block.reshape(len(block), max(block[:1].size, 1)).max(axis=1, initial=0) > 0).astype(
+        np.uint8
+    )
 
 
 def _rows(

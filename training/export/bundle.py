@@ -4,7 +4,8 @@
 the two constants below are repeated there, and tests/contract/ checks that a bundle written
 here is accepted there (docs/design/style.md 1). Nothing here imports torch, and onnx only
 when a graph is stamped, so torch-free code (`furnace calibrate-alerts`) can rewrite a
-manifest with `rewrite_manifest`.
+manifest with `rewrite_manifest`. Given a signing key, both sign the manifest they write
+(training/export/signing.py); a signed bundle is never left with a stale signature.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from training.export.signing import drop_signature, is_signed, sign_manifest
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 BUNDLE_FORMAT = "furnace-sentinel-bundle"
 FORMAT_VERSION = 1
@@ -23,8 +29,16 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any], *, graphs: list[str]) -> Path:
-    """Stamp the model version into each graph, hash every file, write `manifest.json`.
+def write_manifest(
+    folder: Path,
+    manifest: dict[str, Any],
+    *,
+    graphs: list[str],
+    signing_key: Ed25519PrivateKey | None = None,
+) -> Path:
+    """Stamp the model version into each graph, hash every file, write `manifest.json`, and
+    sign it with `signing_key` (`signature.json`; without a key the bundle is unsigned and
+    any older signature is removed).
 
     The model version is `{name}-{YYYYMMDD}-{first 8 hex of the graphs' combined sha256}`,
     so two exports of the same weights get the same suffix.
@@ -46,32 +60,45 @@ def write_manifest(folder: Path, manifest: dict[str, Any], *, graphs: list[str])
     files = sorted({*graphs, manifest["golden"]})
     out = {**manifest, "model_version": version}
     out["files"] = {name: sha256_file(folder / name) for name in files}
-    return _write(folder, out)
+    return _write(folder, out, signing_key)
 
 
-def rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+def rewrite_manifest(
+    folder: Path, manifest: dict[str, Any], *, signing_key: Ed25519PrivateKey | None = None
+) -> Path:
     """Write a changed manifest for an existing bundle (a recalibrated alert policy and
     thresholds): graphs, golden file and `model_version` stay as they are (the weights did
     not change), so nothing is re-stamped. Every file in `manifest["files"]` must still match
-    its sha256, so a rewrite never blesses a changed graph.
+    its sha256, so a rewrite never blesses a changed graph. The new manifest is signed with
+    `signing_key`; a signed bundle cannot be rewritten without one (its signature would no
+    longer match and the service would refuse it).
 
     Raises:
-        ValueError: a listed file is missing or its sha256 differs from the manifest's.
+        ValueError: a listed file is missing or its sha256 differs from the manifest's, or
+            the bundle is signed and no signing key was given.
     """
     for name, expected in sorted(manifest["files"].items()):
         path = folder / name
         if not path.is_file() or sha256_file(path) != expected:
             msg = f"{path}: missing or changed since export; re-export the bundle"
             raise ValueError(msg)
-    return _write(folder, manifest)
+    if signing_key is None and is_signed(folder):
+        msg = f"{folder} is signed: give the signing key (--signing-key or FURNACE_SIGNING_KEY) "
+        msg += "so the rewritten manifest is signed again"
+        raise ValueError(msg)
+    return _write(folder, manifest, signing_key)
 
 
-def _write(folder: Path, manifest: dict[str, Any]) -> Path:
+def _write(folder: Path, manifest: dict[str, Any], signing_key: Ed25519PrivateKey | None) -> Path:
     path = folder / "manifest.json"
     text = json.dumps(_finite(manifest), indent=2, allow_nan=False, default=_json_default)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(text + "\n")
     tmp.replace(path)  # a reader never sees half a manifest
+    if signing_key is None:
+        drop_signature(folder)
+    else:
+        sign_manifest(folder, signing_key)
     return path
 
 

@@ -35,6 +35,7 @@ from training.data import MODALITIES, Windows, valid_for
 from training.data.splits import load_recordings
 from training.decision import head_label, shipped_heads
 from training.export.bundle import BUNDLE_FORMAT, FORMAT_VERSION, write_manifest
+from training.export.signing import load_signing_key
 from training.run import load_run, split_for, subsample
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("codes", "quantized", "probs", "score", "segment_scores")
 INPUTS = {"current": ("current_a", "baseline_a"), "camera": ("frames",)}
 GOLDEN_WINDOWS = 8  # per modality, from the validation split
+REFERENCE_WINDOWS = 8000  # normal training windows for the site-calibration reference
 USAGE_WINDOWS = 4000  # per modality, training windows for the code-usage histogram
 
 
@@ -141,6 +143,20 @@ def _golden_index(w: Windows, modality: str, n: int) -> NDArray[np.int64]:
     return np.sort(np.concatenate([normal, abnormal]))
 
 
+def current_reference(graph: Path, w: Windows, limit: int = REFERENCE_WINDOWS) -> dict[str, Any]:
+    """`current_feature_reference` (training/export/site.py): the current graph's features
+    on normal training windows, per recording, for a later site calibration."""
+    from training.export.site import FeatureProbe, feature_reference
+
+    idx = subsample(valid_for(w, "current") & (w.label == 0), limit, 4)
+    if not idx.size:
+        msg = "no normal training windows with a valid current: cannot write the reference"
+        raise ValueError(msg)
+    feeds = scorer_inputs(w, "current", idx)
+    feats = FeatureProbe(graph).features(feeds["current_a"], feeds["baseline_a"])
+    return {**feature_reference(feats, w.recording[idx]), "source": "normal training windows"}
+
+
 def export_bundle(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -150,6 +166,7 @@ def export_bundle(
     heads: dict[str, str] | None = None,
     metrics_path: str | Path | None = None,
     name: str | None = None,
+    signing_key: str | Path | None = None,
 ) -> Path:
     """Export a run into a bundle folder and verify ORT against torch on held-out windows.
 
@@ -170,6 +187,9 @@ def export_bundle(
             others follow the rule.
         metrics_path: an evaluation's metrics.json to record in the manifest.
         name: the bundle name (default: the folder name) that prefixes the model version.
+        signing_key: an Ed25519 private key (PEM, `furnace keygen`) to sign the manifest
+            with (`signature.json`); None writes an unsigned bundle, which the service serves
+            only with FURNACE_ALLOW_UNSIGNED_BUNDLES=true.
 
     Returns:
         The manifest path.
@@ -179,6 +199,7 @@ def export_bundle(
         FileNotFoundError: no run or no training data.
     """
     t0 = time.perf_counter()
+    key = load_signing_key(signing_key) if signing_key is not None else None  # fail early
     cfg, model, run_heads, log = load_run(run_dir)
     fixed = dict.fromkeys(MODALITIES, head) if head is not None else {}
     fixed |= heads or {}
@@ -229,6 +250,7 @@ def export_bundle(
         }
         logger.info("%s graph: parity %s", m, parity[m])
     np.savez_compressed(out / "golden.npz", **golden)  # type: ignore[arg-type]
+    reference = current_reference(out / "current.onnx", data.train)
 
     metrics = json.loads(Path(metrics_path).read_text()) if metrics_path is not None else None
     tc = cfg.train
@@ -258,6 +280,7 @@ def export_bundle(
         "golden": "golden.npz",
         "thresholds": _thresholds(cal, log["target_far"]),
         "code_usage": usage,
+        "current_feature_reference": reference,
         "parity": parity,
         "metrics": metrics,
         "training": {
@@ -268,7 +291,9 @@ def export_bundle(
             "seconds": log["total_seconds"],
         },
     }
-    path = write_manifest(out, manifest, graphs=[g["file"] for g in graphs.values()])
+    path = write_manifest(
+        out, manifest, graphs=[g["file"] for g in graphs.values()], signing_key=key
+    )
     logger.info("bundle %s written in %.0f s", out, time.perf_counter() - t0)
     return path
 
