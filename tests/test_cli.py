@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import pandas as pd
+import pytest
 
 from tests.helpers.cli import run_furnace
 
@@ -40,6 +41,10 @@ def test_simulate_then_dataset_info(tmp_path: Path) -> None:
     assert "normal" in text.stdout and "electrode_breakage" in text.stdout
 
 
+@pytest.mark.fault(
+    "`furnace dataset info` of a missing folder; `simulate` without --out or 1 minute long",
+    expected="exit 2 with a message naming the problem",
+)
 def test_errors_are_clear(tmp_path: Path) -> None:
     run = run_furnace("dataset", "info", str(tmp_path / "nowhere"))
     assert run.returncode == 2 and "does not exist" in run.stderr
@@ -55,6 +60,10 @@ def _with_env(**env: str) -> dict[str, str]:
     return {**os.environ, "FURNACE_AUTH_DISABLED": "true", **env}
 
 
+@pytest.mark.fault(
+    "`furnace serve` with FURNACE_PORT=abc",
+    expected="exit 2 with one line naming FURNACE_PORT='abc' and the type it needs",
+)
 def test_settings_errors_name_the_variable_on_one_line() -> None:
     run = run_furnace("serve", env=_with_env(FURNACE_PORT="abc"), timeout=120)
     assert run.returncode == 2
@@ -62,6 +71,10 @@ def test_settings_errors_name_the_variable_on_one_line() -> None:
     assert "FURNACE_PORT='abc'" in run.stderr and "integer" in run.stderr
 
 
+@pytest.mark.fault(
+    "`furnace serve` with FURNACE_BUNDLE=defualt (misspelt)",
+    expected="exit 2 with one line, no traceback, listing the bundles there are",
+)
 def test_a_misspelt_bundle_lists_the_available_ones() -> None:
     run = run_furnace("serve", env=_with_env(FURNACE_BUNDLE="defualt"), timeout=120)
     assert run.returncode == 2

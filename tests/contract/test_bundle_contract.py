@@ -54,6 +54,10 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["current.onnx", "camera.onnx", "golden.npz"])
+@pytest.mark.fault(
+    "one byte flipped in {name}",
+    expected="BundleError: its sha256 does not match the manifest",
+)
 def test_a_flipped_byte_is_refused(bundle_copy: Path, name: str) -> None:
     path = bundle_copy / name
     data = bytearray(path.read_bytes())
@@ -99,6 +103,11 @@ def _edit(folder: Path, **changes: object) -> None:
         ),
     ],
 )
+@pytest.mark.fault(
+    "a malformed manifest: unsupported format, a path as golden, wrong class order, thresholds "
+    "out of range, unknown fusion",
+    expected="BundleError naming the field",
+)
 def test_a_malformed_manifest_is_refused(
     bundle_copy: Path, change: dict[str, object], message: str
 ) -> None:
@@ -107,6 +116,10 @@ def test_a_malformed_manifest_is_refused(
         verify_bundle(bundle_copy)
 
 
+@pytest.mark.fault(
+    "a bundle with an unlisted extra file, a missing listed file; a missing folder",
+    expected="BundleError naming the file",
+)
 def test_missing_and_unlisted_files_are_refused(bundle_copy: Path) -> None:
     shutil.copy(bundle_copy / "camera.onnx", bundle_copy / "extra.onnx")
     with pytest.raises(BundleError, match=r"\['extra.onnx'\] are not listed"):
@@ -119,6 +132,10 @@ def test_missing_and_unlisted_files_are_refused(bundle_copy: Path) -> None:
         verify_bundle(bundle_copy / "nope")
 
 
+@pytest.mark.fault(
+    "a manifest window spec whose long baseline the graph cannot read",
+    expected="BundleError naming the column mismatch",
+)
 def test_a_window_spec_that_does_not_fit_the_graphs_baseline_is_refused(bundle_copy: Path) -> None:
     raw = json.loads((bundle_copy / "manifest.json").read_text())
     window = dict(raw["window"], long_baseline_seconds=600.0)  # the graph reads 3 columns

@@ -91,6 +91,10 @@ def test_a_bundle_signed_by_an_untrusted_key_is_refused(bundle: Path, tmp_path: 
     assert verify_bundle(bundle, trust=other).signed_by == parse_public_key(public.read_text())[0]
 
 
+@pytest.mark.fault(
+    "no trusted bundle keys configured",
+    expected="every bundle is refused",
+)
 def test_no_trusted_keys_refuses_every_bundle() -> None:
     with pytest.raises(BundleError, match="no trusted bundle keys"):
         verify_bundle(DEFAULT, trust=BundleTrust())

@@ -91,6 +91,10 @@ def test_hysteresis_keeps_an_open_episode_through_short_clean_runs() -> None:
     assert events[1].window_end == T0 + 2.0 * (len(flags) - 1)
 
 
+@pytest.mark.fault(
+    "windows no modality could score (sensor faults) during and around an episode",
+    expected="they neither open nor close an episode",
+)
 def test_unscored_windows_neither_open_nor_close() -> None:
     state, events = _run([True, True, True, None, None, None, None, False, False])
     assert [e.kind for e in events] == ["opened"] and state.episode is not None
@@ -99,6 +103,10 @@ def test_unscored_windows_neither_open_nor_close() -> None:
     assert [e.kind for e in events] == ["opened"]
 
 
+@pytest.mark.fault(
+    "redelivered windows; the state rebuilt from the detections stream",
+    expected="nothing changes; the same episodes",
+)
 def test_replays_are_idempotent() -> None:
     rng = np.random.default_rng(0)
     dets = [_det(i, bool(f)) for i, f in enumerate(rng.uniform(size=60) < 0.5)]
@@ -197,6 +205,10 @@ def test_serialisation_round_trip_with_str_and_bytes() -> None:
     "broken",
     [{}, {"version": "0"}, {"version": "1", "furnace_id": "f1"}],
 )
+@pytest.mark.fault(
+    "a broken alert state hash (empty, wrong version, missing fields, bad JSON)",
+    expected="ValueError naming the alert state",
+)
 def test_from_dict_rejects_broken_state(broken: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="alert state"):
         AlertState.from_dict(broken)
@@ -205,6 +217,10 @@ def test_from_dict_rejects_broken_state(broken: dict[str, str]) -> None:
         AlertState.from_dict({**good, "recent": "[{]"})
 
 
+@pytest.mark.fault(
+    "detections of another furnace, with a NaN score or unknown modalities",
+    expected="ValueError, never applied",
+)
 def test_rejects_bad_detections() -> None:
     state = AlertState("f1")
     with pytest.raises(ValueError, match="applied to"):

@@ -96,6 +96,11 @@ def test_camera_alone_moves_the_camera_only_decision_and_nothing_else(
         )
 
 
+@pytest.mark.fault(
+    "a manifest with alone thresholds out of range (current_alone -1, camera_alone above "
+    "max_ratio)",
+    expected="BundleError naming the key",
+)
 def test_the_reader_checks_the_alone_keys(plain: Engine, tmp_path: Path) -> None:
     folder = _copy(plain.manifest.folder, tmp_path / "neg", current_alone=-1.0)
     with pytest.raises(BundleError, match="current_alone"):

@@ -106,6 +106,11 @@ def test_a_window_of_both_modalities_is_scored(
 @pytest.mark.parametrize(
     ("modality", "other"), [("current", "camera"), ("camera", "current")], ids=["current", "camera"]
 )
+@pytest.mark.fault(
+    "a window with one modality absent (current only, camera only)",
+    expected="200: the other decides alone against its own threshold; the absent one reads "
+    "`missing`",
+)
 def test_one_modality_decides_alone(
     client: TestClient, manifest: Manifest, spec: WindowSpec, modality: str, other: str
 ) -> None:
@@ -139,6 +144,10 @@ def test_the_response_says_where_the_baseline_came_from(
     assert out["decided_by"] == "current"
 
 
+@pytest.mark.fault(
+    "the same window POSTed twice (a client retry), then an older one",
+    expected="each is scored; the state and the detections stream are written once",
+)
 def test_posting_a_window_twice_applies_it_once(
     client: TestClient, spec: WindowSpec, redis_client: redis.Redis, module_prefix: str
 ) -> None:
@@ -153,6 +162,10 @@ def test_posting_a_window_twice_applies_it_once(
     assert redis_client.xlen(f"{module_prefix}furnace:idem1:detections") == 1
 
 
+@pytest.mark.fault(
+    "a window whose only modality is stuck (the same three values throughout)",
+    expected="200 with health `stuck`, decided_by `none`, condition `unknown`, not abnormal",
+)
 def test_a_window_without_a_usable_modality_decides_nothing(
     client: TestClient, spec: WindowSpec
 ) -> None:
@@ -172,18 +185,30 @@ def test_a_window_without_a_usable_modality_decides_nothing(
 # ------------------------------------------------------------------------ auth
 
 
+@pytest.mark.fault(
+    "POST a window without X-API-Key",
+    expected="401 with WWW-Authenticate",
+)
 def test_a_missing_key_is_401_with_a_challenge(client: TestClient, spec: WindowSpec) -> None:
     response = client.post(windows_url("auth1"), json=window_body(spec, END))
     assert response.status_code == 401
     assert "WWW-Authenticate" in response.headers
 
 
+@pytest.mark.fault(
+    "POST a window with a wrong X-API-Key",
+    expected="403",
+)
 def test_a_wrong_key_is_403(client: TestClient, spec: WindowSpec) -> None:
     headers = {"X-API-Key": "not-a-key"}
     response = client.post(windows_url("auth2"), json=window_body(spec, END), headers=headers)
     assert response.status_code == 403
 
 
+@pytest.mark.fault(
+    "an X-API-Key of non-ASCII bytes (latin-1, UTF-8)",
+    expected="403, never a 500",
+)
 def test_a_non_ascii_key_is_403_not_500(client: TestClient, spec: WindowSpec) -> None:
     # Header values travel as latin-1; compare_digest on a non-ASCII str would raise.
     for raw in ("k\u00e9y".encode("latin-1"), "\u043a\u043b\u044e\u0447".encode()):
@@ -192,6 +217,10 @@ def test_a_non_ascii_key_is_403_not_500(client: TestClient, spec: WindowSpec) ->
         assert response.status_code == 403, response.text
 
 
+@pytest.mark.fault(
+    "POST /v1/admin/reload without a key, then with a write key",
+    expected="401, then 403",
+)
 def test_admin_routes_need_the_admin_key(client: TestClient) -> None:
     body = {"bundle": "default"}
     assert client.post("/v1/admin/reload", json=body).status_code == 401
@@ -212,6 +241,10 @@ def test_health_probes_and_metrics_need_no_key(client: TestClient) -> None:
 # ------------------------------------------------------------------------ input limits
 
 
+@pytest.mark.fault(
+    "a 1.4 MB JSON body over FURNACE_MAX_BODY_BYTES (1 MB here)",
+    expected="413",
+)
 def test_an_oversized_body_is_413(client: TestClient) -> None:
     junk = b'{"current": {"start": 1, "samples": [' + b"[1.0, 2.0, 3.0], " * 80_000 + b"]}}"
     response = client.post(
@@ -277,6 +310,11 @@ BAD = sorted(_bad_bodies(WindowSpec()))
 
 
 @pytest.mark.parametrize("name", BAD)
+@pytest.mark.fault(
+    "a malformed window: {name}",
+    expected="422 whose message names the problem; validation errors carry type, loc and msg only "
+    "(the input is not echoed)",
+)
 def test_bad_windows_are_422_with_a_readable_message(
     client: TestClient, spec: WindowSpec, name: str
 ) -> None:
@@ -298,6 +336,10 @@ def test_bad_windows_are_422_with_a_readable_message(
         assert "123456" not in response.text
 
 
+@pytest.mark.fault(
+    "furnace ids with a leading dash, 65 characters, `:`, `*` or non-ASCII",
+    expected="422 on POST windows and on GET state",
+)
 def test_an_invalid_furnace_id_is_422(client: TestClient, spec: WindowSpec) -> None:
     for furnace_id in ("-lead", "a" * 65, "x%3Ay", "x*y", "caf\u00e9"):
         response = post(client, furnace_id, window_body(spec, END))
@@ -306,6 +348,11 @@ def test_an_invalid_furnace_id_is_422(client: TestClient, spec: WindowSpec) -> N
         assert response.status_code == 422, furnace_id
 
 
+@pytest.mark.fault(
+    "a POSTed window with a NaN sample",
+    expected="rejected and counted in furnace_windows_rejected_total{source=http, "
+    "reason=nonfinite}",
+)
 def test_rejections_are_counted_by_reason(client: TestClient) -> None:
     samples = {
         (s.labels["source"], s.labels["reason"]): s.value
@@ -353,6 +400,10 @@ def test_furnaces_lists_every_furnace_with_detections(client: TestClient, spec: 
     assert furnaces["list1"]["health"] == {"current": "ok", "camera": "ok"}
 
 
+@pytest.mark.fault(
+    "a furnace whose data stops (last commit older than FURNACE_NO_DATA_SECONDS)",
+    expected="both read routes report every modality `no_data`; `ok` again when data returns",
+)
 def test_health_reads_no_data_once_the_last_window_is_older_than_no_data_seconds(
     redis_url: str,
     key_prefix: str,
@@ -442,6 +493,10 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     assert body["ready"] is True and body["failing"] == []
 
 
+@pytest.mark.fault(
+    "the service started with nothing listening at FURNACE_REDIS_URL",
+    expected="/readyz 503 naming redis, /healthz 200, POST windows 503 with Retry-After",
+)
 def test_readyz_is_503_with_the_failing_checks_when_redis_is_down(
     bundle_dir: Path, key_prefix: str, spec: WindowSpec
 ) -> None:
@@ -461,6 +516,11 @@ def test_readyz_is_503_with_the_failing_checks_when_redis_is_down(
         assert "Retry-After" in response.headers
 
 
+@pytest.mark.fault(
+    "requests before startup has loaded the model and connected Redis",
+    expected="503 with a JSON detail and Retry-After on every route, never a 500; /readyz lists "
+    "model and redis",
+)
 def test_routes_answer_503_until_the_model_and_redis_are_there(
     bundle_dir: Path, key_prefix: str, redis_url: str, spec: WindowSpec
 ) -> None:
@@ -587,6 +647,11 @@ def test_reload_by_name_swaps_in_the_bundle(reloading: TestClient, manifest: Man
     assert 'furnace_model_reloads_total{outcome="ok"} 1.0' in metrics
 
 
+@pytest.mark.fault(
+    "POST /v1/admin/reload of a bundle with a changed current.onnx, of an unknown name and of "
+    "`../good`",
+    expected="4xx naming the file and its sha256 (422 for the names); the old model keeps serving",
+)
 def test_a_tampered_bundle_is_refused_and_the_old_one_keeps_serving(
     reloading: TestClient, manifest: Manifest, spec: WindowSpec
 ) -> None:
@@ -607,6 +672,10 @@ def test_a_tampered_bundle_is_refused_and_the_old_one_keeps_serving(
     assert traversal.status_code == 422
 
 
+@pytest.mark.fault(
+    "two admin reloads at the same moment",
+    expected="one 200, the other 409",
+)
 def test_concurrent_reloads_get_409(reloading: TestClient) -> None:
     statuses: list[int] = []
 
@@ -627,6 +696,10 @@ def test_concurrent_reloads_get_409(reloading: TestClient) -> None:
     assert sorted(statuses) == [200, 409]
 
 
+@pytest.mark.fault(
+    'JSON bodies that are no window: `[]`, `null`, `"x"`, `1e999`, null modalities',
+    expected="422",
+)
 def test_no_route_answers_500_to_junk(client: TestClient) -> None:
     for body in ("[]", "null", '"x"', "1e999", '{"current": null, "camera": null}'):
         response = client.post(
@@ -638,6 +711,10 @@ def test_no_route_answers_500_to_junk(client: TestClient) -> None:
     assert math.isfinite(float(client.get("/healthz").elapsed.total_seconds()))
 
 
+@pytest.mark.fault(
+    "every request of the test module, junk included",
+    expected="no 5xx answer (furnace_http_request_duration_seconds)",
+)
 def test_no_request_of_this_module_was_answered_5xx(client: TestClient) -> None:
     """Runs last: every request the module's app served (junk included) got an answer < 500."""
     families = text_string_to_metric_families(client.get("/metrics").text)

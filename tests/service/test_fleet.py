@@ -42,6 +42,11 @@ def _bundle(client: TestClient) -> str:
     return str(client.get("/v1/model").json()["bundle"])
 
 
+@pytest.mark.fault(
+    "`model:desired` set to a tampered bundle, then to a path",
+    expected="refused on every replica (a failed reload), the path ignored; the old bundle keeps "
+    "serving",
+)
 def test_replicas_follow_model_desired(
     models_dir: Path, redis_url: str, key_prefix: str, redis_client: redis.Redis
 ) -> None:
@@ -77,6 +82,10 @@ def test_replicas_follow_model_desired(
         assert _bundle(two) == "good" and _bundle(one) == "next"
 
 
+@pytest.mark.fault(
+    "a window POSTed while the HTTP inference queue (FURNACE_HTTP_QUEUE) is full",
+    expected="503 with Retry-After: 1, counted as `busy`; the streams' inference pool stays free",
+)
 def test_a_full_inference_queue_answers_503(
     bundle_dir: Path, redis_url: str, key_prefix: str, spec: WindowSpec
 ) -> None:

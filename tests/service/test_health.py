@@ -34,6 +34,11 @@ def frames() -> np.ndarray:
     return np.clip(base + rng.normal(0, 2.0, (8, 64, 64, 3)), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.fault(
+    "current windows short of samples or empty; a (N, 2) array",
+    expected="health `missing`; the wrong shape is a ValueError; an all-zero current (power cut) "
+    "is `ok`",
+)
 def test_current_ok_and_missing(current: np.ndarray) -> None:
     assert current_health(current, expected=32) == "ok"
     assert current_health(current[:31], expected=32) == "missing"
@@ -43,6 +48,10 @@ def test_current_ok_and_missing(current: np.ndarray) -> None:
         current_health(np.zeros((32, 2)))
 
 
+@pytest.mark.fault(
+    "NaN or Inf in one phase (with a stuck run as well)",
+    expected="health `nan`",
+)
 def test_current_nan_wins(current: np.ndarray) -> None:
     for bad in (np.nan, np.inf):
         x = current.copy()
@@ -51,6 +60,10 @@ def test_current_nan_wins(current: np.ndarray) -> None:
         assert current_health(x) == "nan"
 
 
+@pytest.mark.fault(
+    "a phase repeating one value 4 times",
+    expected="health `stuck`; 3 repeats, a dead phase at 0 or a run at the clip are `ok`",
+)
 def test_current_stuck(current: np.ndarray) -> None:
     x = current.copy()
     x[10:13, 2] = x[10, 2]  # three repeats: ok (the log shows up to two)
@@ -63,6 +76,10 @@ def test_current_stuck(current: np.ndarray) -> None:
     assert current_health(x) == "ok"
 
 
+@pytest.mark.fault(
+    "phases pinned at the 20 kA clip for a whole window",
+    expected="health `clipped`, unless every phase runs hot (overheating is process)",
+)
 def test_current_clipped_only_when_other_phases_stay_low(current: np.ndarray) -> None:
     x = current.copy()
     x[:, 1] = CLIP  # one phase pinned for the whole window, the others at 15 kA: a fault
@@ -83,6 +100,12 @@ def test_current_clipped_only_when_other_phases_stay_low(current: np.ndarray) ->
     assert current_health(np.zeros((32, 3)), config=HealthConfig(clip_a=None)) == "ok"
 
 
+@pytest.mark.fault(
+    "camera windows short of frames, 3 identical frames, black frames, a static overlay over 55 % "
+    "of the rows, float frames",
+    expected="health `missing`, `frozen`, `dark`, `occluded`; a saturated flame stays `ok`; float "
+    "frames are a ValueError",
+)
 def test_camera_rules(frames: np.ndarray) -> None:
     assert camera_health(frames, expected=8) == "ok"
     assert camera_health(frames[:7], expected=8) == "missing"
@@ -110,6 +133,10 @@ def test_camera_rules(frames: np.ndarray) -> None:
         camera_health(frames.astype(np.float32))  # type: ignore[arg-type]
 
 
+@pytest.mark.fault(
+    "health settings out of range (stuck_run 1, occluded_fraction 0)",
+    expected="ValueError naming the setting",
+)
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="stuck_run"):
         HealthConfig(stuck_run=1)
@@ -164,6 +191,11 @@ def _episode(seed: int, condition: str, minutes: float = 6.0) -> Episode:
 
 
 @pytest.mark.parametrize(("condition", "cur", "cam"), CASES)
+@pytest.mark.fault(
+    "a simulated current and camera fault during {condition}",
+    expected="at least 90 % of the windows inside a fault carry its health; every clean window "
+    "reads `ok`",
+)
 def test_simulated_faults_detected_and_conditions_stay_ok(
     condition: str, cur: tuple[str, int], cam: tuple[str, float]
 ) -> None:
@@ -200,6 +232,10 @@ def test_simulated_faults_detected_and_conditions_stay_ok(
 
 
 @pytest.mark.slow
+@pytest.mark.fault(
+    "random sensor faults (12 an hour) on 25 ten-minute episodes of every condition",
+    expected="every clean window away from a fault reads `ok`",
+)
 def test_no_false_positives_on_clean_windows_of_many_episodes() -> None:
     """The calibration run: random faults on 25 ten-minute episodes of every condition."""
     n_clean = 0

@@ -101,6 +101,10 @@ def test_modes_become_rgb() -> None:
     assert (decode_image(_pil_bytes(cmyk, "JPEG")) > 240).all()
 
 
+@pytest.mark.fault(
+    "a PNG header claiming 20000x20000 (decompression bomb); images over a pixel or byte limit",
+    expected="ImageError `too_large` from the header, before any decoding",
+)
 def test_header_size_checked_before_decoding() -> None:
     huge = _zlib_png(np.zeros((1, 1, 3), np.uint8), width=20000, height=20000)
     with pytest.raises(ImageError, match=r"image 20000x20000 exceeds the 16\.8 MP limit") as e:
@@ -124,12 +128,20 @@ def test_header_size_checked_before_decoding() -> None:
         (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "corrupt JPEG"),
     ],
 )
+@pytest.mark.fault(
+    "image bytes that are empty, GIF, BMP, or a corrupt PNG or JPEG",
+    expected="ImageError `decode` with a message naming the format",
+)
 def test_rejects_with_a_clear_message(data: bytes, message: str) -> None:
     with pytest.raises(ImageError, match=message) as e:
         decode_image(data)
     assert isinstance(e.value, ValueError) and e.value.reason == "decode"
 
 
+@pytest.mark.fault(
+    "a PNG cut in half",
+    expected="ImageError `corrupt PNG`",
+)
 def test_truncated_png_is_corrupt(frame: np.ndarray) -> None:
     data = encode_png(frame)
     with pytest.raises(ImageError, match="corrupt PNG"):
@@ -141,6 +153,11 @@ def test_image_format_by_magic_bytes() -> None:
     assert image_format(b"\xff\xd8\xff\xdb") == "JPEG"
 
 
+@pytest.mark.fault(
+    "bad base64 image text: invalid characters, an embedded newline, broken padding, a data: URL, "
+    "non-ASCII; too many bytes; no image",
+    expected="ImageError naming the problem",
+)
 def test_base64_round_trip_and_strictness(frame: np.ndarray) -> None:
     text = base64.b64encode(encode_png(frame)).decode()
     np.testing.assert_array_equal(decode_base64_image(text), frame)
@@ -159,6 +176,10 @@ def test_base64_round_trip_and_strictness(frame: np.ndarray) -> None:
         decode_base64_image(base64.b64encode(b"hello world").decode())
 
 
+@pytest.mark.fault(
+    "a 16x16 JPEG whose header claims 20000x30000",
+    expected="ImageError naming the size and the 16.8 MP limit, before decoding",
+)
 def test_bomb_sized_jpeg_header_is_rejected_with_its_size() -> None:
     data = bytearray(_pil_bytes(Image.new("RGB", (16, 16)), "JPEG"))
     sof = data.index(b"\xff\xc0")

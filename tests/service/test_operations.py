@@ -73,6 +73,10 @@ def test_alert_active_is_zero_after_an_episode_that_changed_condition_closes(
     assert _samples(runtime.metrics, "furnace_alert_episodes_total")[("F01", "eruption")] == 1.0
 
 
+@pytest.mark.fault(
+    "a replica restarted while an episode is open in Redis",
+    expected="furnace_alert_active is 1 from the first window after the restart",
+)
 def test_an_episode_open_in_redis_shows_after_a_restart(runtime: Runtime) -> None:
     # The first window after a restart carries the stored state: its open episode is active.
     state, _ = next_state(
@@ -83,6 +87,11 @@ def test_an_episode_open_in_redis_shows_after_a_restart(runtime: Runtime) -> Non
     assert _samples(runtime.metrics, "furnace_alert_active") == {("F01", "eruption"): 1.0}
 
 
+@pytest.mark.fault(
+    "windows scored before discovery registers the furnace; a window for an id known only over "
+    "HTTP",
+    expected="the furnace keeps its own label; the HTTP-only id gets no per-furnace health series",
+)
 def test_stream_windows_scored_before_discovery_keep_their_furnace_label(
     runtime: Runtime,
 ) -> None:

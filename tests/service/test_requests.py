@@ -41,6 +41,10 @@ def test_the_request_baseline_fills_every_column_the_model_reads(spec: WindowSpe
     assert window.current.baseline.shape == (spec.baseline_width,)
 
 
+@pytest.mark.fault(
+    "a POSTed window with one history sample more than the long baseline reads",
+    expected="ValueError `at most 1232` (422 over HTTP)",
+)
 def test_history_gives_both_medians_and_the_long_one_uses_what_was_sent() -> None:
     n = 32 + 400  # the window plus 200 s: the 120-s median is covered, the 600-s one is not
     body = _body(n, level=10_000.0)

@@ -59,11 +59,20 @@ def test_valid_ids(good: str) -> None:
 @pytest.mark.parametrize(
     "bad", ["", "-f", "_f", "f:1", "f*", "f 1", "f\n", "f.1", "x" * 65, "fö", "f/1"]
 )
+@pytest.mark.fault(
+    "invalid furnace ids: empty, a leading `-` or `_`, `:`, `*`, a space, a newline, `.`, "
+    "65 characters, non-ASCII, `/`",
+    expected="ValueError `invalid furnace id`",
+)
 def test_invalid_ids(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid furnace id"):
         validate_furnace_id(bad)
 
 
+@pytest.mark.fault(
+    "shard count 0; a furnace id with `:`",
+    expected="ValueError naming it",
+)
 def test_owner_rejects_bad_count_and_id() -> None:
     with pytest.raises(ValueError, match="shard count"):
         owner("f0", 0)

@@ -89,6 +89,10 @@ def test_the_long_baseline_matches_make_windows_while_streaming(episode: Episode
     assert asm.history_seconds >= 200.0 + spec.window_seconds
 
 
+@pytest.mark.fault(
+    "entries reordered by up to 0.8 s of network jitter",
+    expected="the same windows as in order; buffers stay bounded; nothing counted late",
+)
 def test_streaming_with_jitter_matches_batch_and_stays_bounded(episode: Episode) -> None:
     batch = WindowAssembler("f1", SPEC)
     for e in _entries(episode):
@@ -118,6 +122,10 @@ def test_streaming_with_jitter_matches_batch_and_stays_bounded(episode: Episode)
     assert live.late == {"current": 0, "camera": 0}
 
 
+@pytest.mark.fault(
+    "nan, stuck and clipped current; frozen, black and occluded camera (simulated)",
+    expected="the windows match offline windowing and carry each fault's health",
+)
 def test_in_place_faults_match_make_windows(episode: Episode) -> None:
     faults = [
         FaultEvent("nan", "current", 150.0, 160.0, phase=1),
@@ -161,6 +169,10 @@ def _stream(
             asm.add_frame(t, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
 
 
+@pytest.mark.fault(
+    "a camera that never sends a frame",
+    expected="windows close on the current's grace alone, camera `missing`",
+)
 def test_closing_needs_grace_and_a_dead_camera_never_blocks() -> None:
     asm = WindowAssembler("f", SPEC, grace_seconds=1.0)
     _stream(asm, 140.0, camera=False)  # current up to T0 + 139.5
@@ -173,6 +185,10 @@ def test_closing_needs_grace_and_a_dead_camera_never_blocks() -> None:
     assert [w.end for w in asm.pop_closed(until=T0 + 141.0)] == [T0 + 140.0]
 
 
+@pytest.mark.fault(
+    "a camera that stops mid-stream; one dropped current packet",
+    expected="camera `missing`, then `stale`; windows holding the gap read current `missing`",
+)
 def test_dead_camera_is_stale_and_a_gap_is_missing() -> None:
     asm = WindowAssembler("f", SPEC)
     _stream(asm, 150.0)
@@ -187,6 +203,10 @@ def test_dead_camera_is_stale_and_a_gap_is_missing() -> None:
     assert health[144.0] == "ok" and health[146.0] == health[158.0] == "missing"
 
 
+@pytest.mark.fault(
+    "late entries (behind the last closed window or the buffer) and duplicates",
+    expected="counted as late or duplicate, never re-scored; the first value is kept",
+)
 def test_late_and_duplicate_entries_are_counted_never_rescored() -> None:
     asm = WindowAssembler("f", SPEC)
     _stream(asm, 150.0)
@@ -203,6 +223,11 @@ def test_late_and_duplicate_entries_are_counted_never_rescored() -> None:
     assert asm._v[asm._t.index(T0 + 149.5)] == before  # the first value is kept
 
 
+@pytest.mark.fault(
+    "a restart resuming from the stored last window end (and one set backwards or off the hop)",
+    expected="the same windows as an uninterrupted run; the resume point never moves back; off "
+    "the hop is a ValueError",
+)
 def test_resume_after_restart_rebuilds_the_same_windows() -> None:
     full = WindowAssembler("f", SPEC)
     _stream(full, 200.0)
@@ -224,6 +249,10 @@ def test_resume_after_restart_rebuilds_the_same_windows() -> None:
     assert [w.end for w in late.pop_closed()] == [w.end for w in got]
 
 
+@pytest.mark.fault(
+    "a 10-hour gap in a furnace's data",
+    expected="the empty windows are skipped and counted, not scored; a fresh baseline after it",
+)
 def test_long_gap_is_skipped_and_counted() -> None:
     asm = WindowAssembler("f", SPEC)
     _stream(asm, 150.0)
@@ -235,6 +264,11 @@ def test_long_gap_is_skipped_and_counted() -> None:
     assert windows[-1].health("current") == "ok"  # a fresh full baseline after the gap
 
 
+@pytest.mark.fault(
+    "more entries than the buffer caps; a NaN timestamp; a wrong-size frame",
+    expected="the oldest are dropped and counted; ValueError for the timestamp and the frame; NaN "
+    "phases are accepted (health)",
+)
 def test_caps_and_validation() -> None:
     asm = WindowAssembler("f", SPEC, max_samples=64, max_frames=16)
     _stream(asm, 40.0)
@@ -251,6 +285,10 @@ def test_caps_and_validation() -> None:
         WindowAssembler("f", SPEC, max_frames=2)
 
 
+@pytest.mark.fault(
+    "a camera that joins 40 s after the current",
+    expected="camera `missing`, not `stale`, until its first frame, in batch and live",
+)
 def test_a_stream_that_starts_later_is_missing_not_stale_in_batch_and_live() -> None:
     for pop_every in (None, 5):
         asm = WindowAssembler("f", SPEC)

@@ -62,6 +62,10 @@ def test_png_round_trip_is_exact(height: int, width: int, level: int) -> None:
 @pytest.mark.parametrize(
     "bad", [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3))]
 )
+@pytest.mark.fault(
+    "frames that are not (H, W, 3) uint8 (grey, RGBA, float)",
+    expected="ValueError naming the shape and type",
+)
 def test_png_refuses_what_it_cannot_encode(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         encode_png(bad)
@@ -124,6 +128,11 @@ def test_schedule_holds_conditions_in_sensor_time(redis_client: redis.Redis) -> 
     assert replay.fault_schedule() == []
 
 
+@pytest.mark.fault(
+    "a 20-s camera disconnect and a camera down for good in a replay scenario",
+    expected="no frames published during the outage while the current goes on; both in the fault "
+    "schedule",
+)
 def test_camera_outages_publish_no_frames_while_current_continues(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
@@ -146,6 +155,11 @@ def test_camera_outages_publish_no_frames_while_current_continues(
     assert kinds == {("f001", "disconnected", 140, 160), ("f002", "disconnected", 150, 180)}
 
 
+@pytest.mark.fault(
+    "replayed current faults: a NaN phase, 10 s of missing samples, a +5 s clock skew",
+    expected="published as the simulator observes them: `nan` strings, a gap, skewed out-of-order "
+    "ts",
+)
 def test_current_faults_as_the_simulator_observes_them(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
@@ -252,12 +266,21 @@ WRONG_MODALITY = {"kind": "frozen", "modality": "current", "start_s": 1}
         ({"furnace": [{"id": "f1", "camera_down_at": 1e4}]}, "camera_down_at"),
     ],
 )
+@pytest.mark.fault(
+    "an invalid replay scenario: too short, bad or repeated ids, unknown keys or conditions, "
+    "overlaps, a fault on the wrong sensor",
+    expected="ValueError saying what to fix",
+)
 def test_invalid_scenarios_say_what_to_fix(change: dict[str, Any], message: str) -> None:
     data: dict[str, Any] = {"seed": 1, "minutes": 10, "furnace": [{"id": "f1"}], **change}
     with pytest.raises(ValueError, match=message):
         parse_scenario(data)
 
 
+@pytest.mark.fault(
+    "a scenario file that is not valid TOML",
+    expected="ValueError `not valid TOML`",
+)
 def test_scenario_files(tmp_path: Path) -> None:
     example = load_scenario(ROOT / "examples" / "scenario.toml")
     assert example.furnaces and all(f.furnace_id for f in example.furnaces)
@@ -270,6 +293,10 @@ def test_scenario_files(tmp_path: Path) -> None:
     assert ok.furnaces[0].conditions is not None and len(ok.furnaces[0].conditions) == 2
 
 
+@pytest.mark.fault(
+    "`furnace replay --wait-redis 1` with no Redis at the URL",
+    expected="exit 2 with `start redis-server or set FURNACE_REDIS_URL`",
+)
 def test_cli_replays_and_explains_a_missing_redis(
     redis_client: redis.Redis, key_prefix: str, redis_url: str, tmp_path: Path
 ) -> None:
