@@ -65,6 +65,7 @@ class LossBreakdown(NamedTuple):
     cpc: Tensor
     cmcm: Tensor  # unweighted
     infonce: Tensor  # MICU-style fine + coarse (align == "infonce")
+    supervised: Tensor  # unweighted cross-entropy of the pre-training head (supervised_weight)
 
 
 class CMGOutput(NamedTuple):
@@ -101,6 +102,10 @@ class CMG(nn.Module):
         self.dec_v = CameraDecoder(cfg)
         # code_target "hotness" [ours]: a map reconstructed from q_v alone
         self.dec_h = HotnessDecoder(cfg) if cfg.code_target != "none" else None
+        # supervised_weight [ours]: labels of one modality shape the codes during pre-training
+        # (mean | max of its quantised segments); the head is dropped after pre-training
+        d = cfg.encoder.dim
+        self.sup_head = nn.Linear(2 * d, cfg.n_classes) if cfg.supervised_weight > 0 else None
         if cfg.shared_codebook:
             self.codebooks = nn.ModuleDict({"shared": Codebook(cfg.codebook, users=2)})
         else:
@@ -236,7 +241,7 @@ class CMG(nn.Module):
     def clip_groups(self) -> dict[str, list[nn.Parameter]]:
         """Main parameters by module, for "clip grad-norm 0.5 per module" (docs/design/cmg.md
         4.8)."""
-        names = ("phi_c", "phi_v", "psi_c", "psi_v", "dec_c", "dec_v", "dec_h", "cpc")
+        names = ("phi_c", "phi_v", "psi_c", "psi_v", "dec_c", "dec_v", "dec_h", "cpc", "sup_head")
         mods = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         return {n: list(m.parameters()) for n, m in mods.items()}
 
@@ -277,6 +282,7 @@ class CMG(nn.Module):
         baseline: Tensor,
         x_v: Tensor,
         club_optimizer: torch.optim.Optimizer | None = None,
+        labels: Tensor | None = None,
     ) -> CMGOutput:
         """One step's losses for paired windows (docs/design/cmg.md 4).
 
@@ -286,6 +292,7 @@ class CMG(nn.Module):
             x_v: (B, T, H, W, 3) uint8 frames, segment-aligned with x_c.
             club_optimizer: if given (training mode, club on), the q-nets are first fitted on
                 this pass's detached pairs, as the released code does.
+            labels: (B,) class indices for the supervised term (supervised_weight > 0).
 
         Returns:
             CMGOutput(loss, codes_c, codes_v, diagnostics).
@@ -355,6 +362,12 @@ class CMG(nn.Module):
                 z_c, z_v, temperature=cfg.infonce_temperature, mask=cfg.infonce_mask
             )
 
+        sup = zero
+        if self.sup_head is not None and labels is not None:
+            q = q_c if cfg.supervised_modality == "current" else q_v  # (B, T, D)
+            pooled = torch.cat([q.mean(dim=1), q.amax(dim=1)], dim=-1)  # (B, 2D)
+            sup = F.cross_entropy(self.sup_head(pooled), labels.long())
+
         cpc_loss = cpc.loss if cpc is not None else zero
         loss = LossBreakdown(
             total=rec_c
@@ -367,7 +380,8 @@ class CMG(nn.Module):
             + cfg.cmcm_weight * cmcm
             + fine
             + coarse
-            + cfg.code_target_weight * rec_h,
+            + cfg.code_target_weight * rec_h
+            + cfg.supervised_weight * sup,
             rec_c=rec_c,
             rec_v=rec_v,
             commit=commit_own + commit_cross,
@@ -375,6 +389,7 @@ class CMG(nn.Module):
             cpc=cpc_loss,
             cmcm=cmcm,
             infonce=fine + coarse,
+            supervised=sup,
         )
 
         resets = 0

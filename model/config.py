@@ -141,6 +141,8 @@ class CMGConfig:
     code_target_weight: float = 1.0  # weight of that reconstruction in the total loss
     current_context: str = "none"  # "long": the baseline input also holds a slow median
     camera_summary: str = "none"  # "hotspot": Phi_v also reads per-segment hot-spot statistics
+    supervised_weight: float = 0.0  # > 0: cross-entropy of a pre-training head on labelled codes
+    supervised_modality: str = "current"  # whose codes that head reads: current | camera
 
     def __post_init__(self) -> None:
         enc, book = self.encoder, self.codebook
@@ -171,6 +173,11 @@ class CMGConfig:
             )
         _require(0.0 <= self.specific_dropout < 1.0, "specific_dropout must be in [0, 1)")
         _require(self.code_target_weight >= 0.0, "code_target_weight must be >= 0")
+        _require(self.supervised_weight >= 0.0, "supervised_weight must be >= 0")
+        _require(
+            self.supervised_modality in ("current", "camera"),
+            f"supervised_modality must be current or camera, got {self.supervised_modality!r}",
+        )
         _require(self.samples_per_segment >= 1, f"samples_per_segment >= 1, got {self}")
         _require(self.n_classes >= 2, f"n_classes must be >= 2, got {self.n_classes}")
         _require(

@@ -271,7 +271,8 @@ class Metrics:
         )
         self.detection_delay_seconds = Histogram(
             "furnace_detection_delay_seconds",
-            "Window end (sensor time) to detection committed.",
+            "Window end (sensor time) to detection committed, stream windows only (a POSTed "
+            "window may be an archive of any age).",
             buckets=delay_buckets(delay_objective_seconds),
             registry=r,
         )

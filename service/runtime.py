@@ -285,7 +285,8 @@ class Runtime:
         m.window_recorded(det, usable=usable)
         if result is not None and result.applied:
             delay = time.time() - det.window_end
-            if 0.0 <= delay < 3600.0:  # replays run sensor time ahead of the wall clock
+            # the stream path's delay only: a POSTed window may be an archive of any age
+            if source == "redis" and 0.0 <= delay < 3600.0:
                 m.observe_detection_delay(delay)
             for ev in result.events:
                 if ev.kind == "opened":

@@ -164,8 +164,11 @@ def pretrain(
     for step in bar:
         idx = rng.choice(len(train), size=tc.batch, replace=False)
         batch = _batch(train, idx, device)
+        labels = None
+        if cfg.cmg.supervised_weight > 0:  # the labelled modality's labels [ours]
+            labels = torch.from_numpy(train.label[idx]).to(batch[0].device)
         # CLUB q-nets are fitted inside the forward, on the same encodings (released order).
-        out = model(*batch, club_optimizer=club_opt)
+        out = model(*batch, club_optimizer=club_opt, labels=labels)
         opt.zero_grad()
         out.loss.total.backward()
         _clip_per_module(model, tc.grad_clip)

@@ -63,6 +63,34 @@ def test_backward_reaches_main_parameters_only(tiny_cfg: CMGConfig, batch: Batch
     assert not main & club and main | club == {id(p) for p in model.parameters()}
 
 
+def test_the_supervised_term_reads_the_labelled_modalitys_codes(
+    tiny_cfg: CMGConfig, batch: Batch
+) -> None:
+    B = batch.x_c.shape[0]
+    labels = torch.arange(B) % tiny_cfg.n_classes
+    assert _model(tiny_cfg).sup_head is None  # off by default: the paper's loss, unchanged
+    assert float(_model(tiny_cfg).train()(*batch, labels=labels).loss.supervised) == 0.0
+    cfg = replace(tiny_cfg, supervised_weight=2.0)
+    model = _model(cfg).train()
+    out = model(*batch, labels=labels)
+    assert float(out.loss.supervised) > 0.0
+    rest = out.loss.total - 2.0 * out.loss.supervised
+    unsupervised = _model(cfg).train()(*batch)  # no labels: no term, same other losses
+    torch.testing.assert_close(rest, unsupervised.loss.total)
+    model.zero_grad()
+    out.loss.supervised.backward()
+    grads = {
+        n: float(p.grad.abs().sum()) for n, p in model.named_parameters() if p.grad is not None
+    }
+    assert any(n.startswith("phi_c.") for n in grads)  # through the straight-through codes
+    assert not any(n.startswith("phi_v.") for n in grads)  # the camera stays label-free
+    camera = _model(replace(cfg, supervised_modality="camera")).train()
+    camera(*batch, labels=labels).loss.supervised.backward()
+    assert not any(
+        n.startswith("phi_c.") and p.grad is not None for n, p in camera.named_parameters()
+    )
+
+
 def test_same_seed_same_outputs(tiny_cfg: CMGConfig, batch: Batch) -> None:
     outs = []
     for _ in range(2):

@@ -162,6 +162,27 @@ def test_posting_a_window_twice_applies_it_once(
     assert redis_client.xlen(f"{module_prefix}furnace:idem1:detections") == 1
 
 
+def _delay_count(client: TestClient) -> float:
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(client.get("/metrics").text)
+        for s in f.samples
+        if s.name == "furnace_detection_delay_seconds_count"
+    )
+
+
+def test_posted_windows_stay_out_of_the_stream_delay_histogram(
+    client: TestClient, spec: WindowSpec
+) -> None:
+    """The delay objective and its alert are about the stream path: a POSTed window (an
+    archive, a retry) of any age must not move them (bench/http_isolation.py found it did)."""
+    before = _delay_count(client)
+    end = math.floor(time.time() / spec.hop_seconds) * spec.hop_seconds - spec.hop_seconds
+    out = post(client, "delay1", window_body(spec, end, seed=5)).json()
+    assert out["state_applied"] is True
+    assert _delay_count(client) == before
+
+
 @pytest.mark.fault(
     "a window whose only modality is stuck (the same three values throughout)",
     expected="200 with health `stuck`, decided_by `none`, condition `unknown`, not abnormal",
