@@ -336,6 +336,12 @@ def _csv_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _signing_key_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument(
+        "--signing-key", default=os.environ.get("FURNACE_SIGNING_KEY") or None, help=help_text
+    )
+
+
 def _keygen(args: argparse.Namespace) -> int:
     from training.export.signing import generate_key_pair
 
@@ -584,10 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="alert calibration: false episodes per 10 furnace-hours allowed in every sensor "
         "setting (default 1)",
     )
-    ex.add_argument(
-        "--signing-key",
-        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
-        help="Ed25519 private key (PEM, furnace keygen) to sign the bundle with "
+    _signing_key_option(
+        ex,
+        "Ed25519 private key (PEM, furnace keygen) to sign the bundle with "
         "(default: $FURNACE_SIGNING_KEY; none: unsigned)",
     )
     ex.set_defaults(func=_export)
@@ -618,10 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="false episodes per 10 furnace-hours allowed in every sensor setting (default 1)",
     )
     ca.add_argument("--out", help="write a calibrated copy here (default: change the bundle)")
-    ca.add_argument(
-        "--signing-key",
-        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
-        help="key that re-signs the rewritten manifest (default: $FURNACE_SIGNING_KEY); "
+    _signing_key_option(
+        ca,
+        "key that re-signs the rewritten manifest (default: $FURNACE_SIGNING_KEY); "
         "required when the bundle is signed",
     )
     ca.set_defaults(func=_calibrate_alerts)
@@ -668,10 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
         "false episodes on it (default 0: calibrate on everything)",
     )
     _csv_options(cb)
-    cb.add_argument(
-        "--signing-key",
-        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
-        help="key that signs the new bundle (default: $FURNACE_SIGNING_KEY; none: unsigned)",
+    _signing_key_option(
+        cb, "key that signs the new bundle (default: $FURNACE_SIGNING_KEY; none: unsigned)"
     )
     cb.set_defaults(func=_calibrate)
 
@@ -682,11 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sg = sub.add_parser("sign", help="sign an existing, verified bundle (signature.json)")
     sg.add_argument("--bundle", required=True, help="bundle folder")
-    sg.add_argument(
-        "--signing-key",
-        default=os.environ.get("FURNACE_SIGNING_KEY") or None,
-        help="Ed25519 private key, PEM (default: $FURNACE_SIGNING_KEY)",
-    )
+    _signing_key_option(sg, "Ed25519 private key, PEM (default: $FURNACE_SIGNING_KEY)")
     sg.set_defaults(func=_sign)
 
     rp = sub.add_parser("replay", help="publish simulated furnaces into Redis streams (live)")

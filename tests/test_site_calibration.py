@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from tests.helpers.cli import run_cli
+from tests.helpers.service import DEV_PUBLIC_KEY
+from tests.helpers.service import DEV_SIGNING_KEY as DEV_KEY
 from training.export.site import (
     MIN_SCALE,
     FeatureProbe,
@@ -21,7 +23,6 @@ from training.export.site import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "plant-current-sample.csv"
-DEV_KEY = ROOT / "keys" / "dev-bundle.key"
 
 
 def _reference(mean: list[float], within: list[float], between: list[float]) -> dict:
@@ -126,7 +127,7 @@ def test_furnace_calibrate_on_a_plant_export_writes_a_verified_site_bundle(
     m0, s0 = norm_constants(tiny_bundle / "current.onnx")
     m1, s1 = norm_constants(out / "current.onnx")
     assert not (np.array_equal(m0, m1) and np.array_equal(s0, s1))
-    trust = BundleTrust.from_texts(read_key_file(ROOT / "keys" / "dev-bundle.pub"))
+    trust = BundleTrust.from_texts(read_key_file(DEV_PUBLIC_KEY))
     verify_bundle(out, trust=trust)
     engine = Engine(out, trust=trust)  # checks the golden outputs against the new graph
     assert engine.manifest.model_version == new["model_version"]
