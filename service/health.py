@@ -17,6 +17,8 @@ Current, in order of precedence (first match wins):
            up to 16 kA) one phase stayed clipped for the whole 16-s window 49 times, but the
            other phases then ran above 0.9 of the ceiling and all three never stayed clipped
            for 12 s, so the rule flags none of them;
+           A window that starts at the ceiling right after a "clipped" window is "clipped"
+           too (the fault's end; `clip_continues`, applied by the window assembler);
   stuck    a phase repeats one value `stuck_run` times in a row, ignoring exact zeros (power
            cuts and a broken electrode's dead phase are process, docs/design/furnace.md 6) and
            values at the ceiling (clipping). Clean 2 Hz current never repeats a value (the log: at
@@ -115,6 +117,21 @@ def current_health(
     if any(_longest_run(same[:, p]) + 1 >= config.stuck_run for p in range(3)):
         return "stuck"
     return HEALTH_OK
+
+
+def clip_continues(samples: NDArray[np.floating], config: HealthConfig = DEFAULT_HEALTH) -> bool:
+    """Whether a window starts at the measurement ceiling (any phase's first sample).
+
+    The window assembler calls a window that does so, right after a window flagged
+    "clipped", "clipped" too: the fault runs on into it and ends inside it. Otherwise the
+    windows at a clipped fault's end, only partly pinned, pass the rule above and read as
+    overheating (two of the held-out scorecard's false episodes sat on such edges). Clean data
+    never starts this chain: it needs a window the rule itself flagged.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if config.clip_a is None or x.ndim != 2 or not len(x):
+        return False
+    return bool((x[0] >= config.clip_a).any())
 
 
 def camera_health(

@@ -39,7 +39,13 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from service.health import DEFAULT_HEALTH, HealthConfig, camera_health, current_health
+from service.health import (
+    DEFAULT_HEALTH,
+    HealthConfig,
+    camera_health,
+    clip_continues,
+    current_health,
+)
 from service.types import CameraWindow, CurrentWindow, Window, WindowSpec
 
 _EPS = 1e-6  # seconds; timestamps of one grid compare equal within it (as training.data)
@@ -121,6 +127,7 @@ class WindowAssembler:
         self._first = {"current": math.inf, "camera": math.inf}  # earliest ever buffered
         self._next_k: int | None = None  # next window end = _next_k * hop_seconds
         self._last_closed_end: float | None = None
+        self._clipped_end: float | None = None  # end of the last window with clipped current
         if last_closed_end is not None:
             self.last_closed_end = last_closed_end
         self.late = {"current": 0, "camera": 0}
@@ -319,7 +326,15 @@ class WindowAssembler:
         elif (np.diff(pos) < S).any():
             health = "missing"
         else:
-            health = current_health(x.reshape(-1, 3), expected=s.samples, config=self.health)
+            flat = x.reshape(-1, 3)
+            health = current_health(flat, expected=s.samples, config=self.health)
+            after_clip = self._clipped_end is not None and 0 < end - self._clipped_end <= (
+                s.hop_seconds + _EPS
+            )
+            if health == "ok" and after_clip and clip_continues(flat, self.health):
+                health = "clipped"  # a clipped fault that ends inside this window
+            if health == "clipped":
+                self._clipped_end = end
             first = self._first["current"]
             covered = first <= start - s.baseline_seconds + 1.0 / s.rate_hz + _EPS
             if health == "ok" and not (covered and np.isfinite(baseline).all()):

@@ -231,6 +231,7 @@ class ServedApp:
     prefix: str
     spec: WindowSpec
     client: redis.Redis
+    stream_end: float  # sensor time of the end of what the stream holds (Unix s)
 
 
 def _post(base_url: str, furnace_id: str, body: dict[str, Any]) -> int:
@@ -291,6 +292,7 @@ def served_app(
                 prefix,
                 spec,
                 client,
+                start + 30.0,
             )
     finally:
         client.close()
@@ -323,13 +325,23 @@ def prometheus(
 @pytest.fixture(scope="module")
 def live_traffic(prometheus: Prometheus, served_app: ServedApp) -> Prometheus:
     """While Prometheus scrapes: an alert episode opens on the HTTP furnace (its counters are
-    already scraped at 0) from windows ending just before now (their delays are observed)."""
+    already scraped at 0) from windows ending just before now, and the stream furnace gets its
+    sensor data up to now, so stream detections (the only ones whose delays are observed)
+    are scored while Prometheus watches."""
     spec = served_app.spec
     now = time.time()
     first = (now // spec.hop_seconds - 12) * spec.hop_seconds
     for k in range(8):
         body = window_body(spec, first + k * spec.hop_seconds, seed=k)
         assert _post(served_app.base_url, HTTP_FURNACE, body) == 200
+    client, prefix = served_app.client, served_app.prefix
+    start = served_app.stream_end
+    publish_synthetic(client, prefix, FURNACE, spec, start, time.time() - start, seed=1)
+    _wait_for(
+        "stream detections scored while Prometheus scrapes",
+        lambda: max(window_ends(client, prefix, FURNACE)) >= start + spec.hop_seconds,
+        STARTUP_SECONDS,
+    )
     time.sleep(3)  # a few scrapes
     return prometheus
 

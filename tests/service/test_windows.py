@@ -170,6 +170,35 @@ def _stream(
 
 
 @pytest.mark.fault(
+    "a clipped-current fault (all three phases pinned at 20 kA) that ends mid-window",
+    expected="the windows that start inside the fault are `clipped` too, the first one "
+    "after it `ok`; a clean window that starts at the ceiling stays `ok`",
+)
+def test_a_clipped_faults_end_is_clipped_not_a_condition() -> None:
+    asm = WindowAssembler("f", SPEC, grace_seconds=1.0)
+    rng = np.random.default_rng(3)
+    fault = (T0 + 150.0, T0 + 180.0)  # 30 s pinned, as the simulator's clipped fault
+    for k in range(int(220.0 * 2)):
+        t = T0 + k / 2
+        values = 15000.0 + 1500.0 * rng.standard_normal(3)
+        if fault[0] <= t < fault[1]:
+            values = np.full(3, 20000.0)
+        asm.add_current(t, *values)
+    health = {w.end - T0: w.health("current") for w in asm.pop_closed()}
+    assert health[148.0] == "ok"
+    assert health[180.0] == "clipped"  # the whole window pinned: the rule itself
+    # window ends 182..194 start inside the fault (it ends at 180; windows are 16 s long)
+    assert all(health[e] == "clipped" for e in (182.0, 186.0, 190.0, 194.0))
+    assert health[196.0] == "ok"  # starts at 180: the fault is over
+    clean = WindowAssembler("f", SPEC, grace_seconds=1.0)  # no flagged window before
+    for k in range(int(220.0 * 2)):
+        t = T0 + k / 2
+        level = 20000.0 if T0 + 180.0 <= t < T0 + 186.0 else 15000.0 + 500 * np.sin(k)
+        clean.add_current(t, level, level, level)
+    assert all(w.health("current") == "ok" for w in clean.pop_closed() if w.end > T0 + 136.0)
+
+
+@pytest.mark.fault(
     "a camera that never sends a frame",
     expected="windows close on the current's grace alone, camera `missing`",
 )
