@@ -521,14 +521,26 @@ def _detection(fid: str, w: WindowResult, thr: Thresholds, names: tuple[str, ...
     return decide(w.results, w.used, thr, names).detection(fid, w.window_end, w.used, names)
 
 
+def setting_episodes(
+    runs: Sequence[FurnaceRun],
+    setting: str,
+    thr: Thresholds,
+    policy: AlertPolicy,
+    names: tuple[str, ...],
+) -> list[EpisodeRecord]:
+    """Every window of `runs` in one setting re-decided under `thr` and replayed through the
+    alert policy (no shortcut): the episodes, furnace by furnace."""
+    episodes: list[EpisodeRecord] = []
+    for run in runs:
+        dets = (_detection(run.furnace_id, w, thr, names) for w in run.windows[setting])
+        episodes += apply_policy(dets, run.furnace_id, policy).episodes
+    return episodes
+
+
 def replay_full(data: CalibrationData, candidate: Candidate, setting: str) -> SettingOutcome:
     """A candidate in one setting, every window re-decided and replayed (no shortcut)."""
     thr = candidate.thresholds(data.thresholds)
-    policy = candidate.policy()
-    episodes: list[EpisodeRecord] = []
-    for run in data.furnaces:
-        dets = (_detection(run.furnace_id, w, thr, data.class_names) for w in run.windows[setting])
-        episodes += apply_policy(dets, run.furnace_id, policy).episodes
+    episodes = setting_episodes(data.furnaces, setting, thr, candidate.policy(), data.class_names)
     events = [ev for run in data.furnaces for ev in run.events[setting]]
     return outcome(episodes, events, data.furnace_hours())
 

@@ -378,13 +378,43 @@ class Entries:
     arrival: list[float]  # Unix s the entry is published at (its true sensor time)
 
 
-def observed_entries(rec: Recording, truth: FurnaceTruth) -> Entries:
-    """The entries `simulator.replay` publishes for a recording read with faults applied:
-    present samples and frames only, `ts` with any skew, values with two decimals ("nan"
-    while a NaN fault holds), frames as PNG (level 1, as the replayer), ordered by true sensor
-    time, current before camera at equal times."""
+def stream_entries(
+    ts_cur: NDArray[np.float64],
+    current: NDArray[np.float32],
+    ts_frame: NDArray[np.float64],
+    frames: NDArray[np.uint8],
+    arrive_cur: NDArray[np.float64] | None = None,
+    arrive_frame: NDArray[np.float64] | None = None,
+) -> Entries:
+    """The entries a gateway publishes for samples and frames stamped `ts_*` (Unix s), as
+    `simulator.replay` writes them: values with two decimals ("nan" for a NaN sample), frames
+    as PNG (level 1), ordered by arrival (default: the stamps), current before camera at equal
+    times."""
     from simulator.png import encode_png
 
+    arrive_cur = ts_cur if arrive_cur is None else arrive_cur
+    arrive_frame = ts_frame if arrive_frame is None else arrive_frame
+    fields: list[dict[str, Any]] = []
+    for ts, row in zip(ts_cur.tolist(), current.tolist(), strict=True):
+        a, b, c = (f"{x:.2f}" for x in row)
+        fields.append({"ts": f"{ts:.3f}", "a": a, "b": b, "c": c})
+    for ts, frame in zip(ts_frame.tolist(), frames, strict=True):
+        image = encode_png(np.ascontiguousarray(frame), level=1)
+        fields.append({"ts": f"{ts:.3f}", "image": image})
+    t_pub = np.concatenate([arrive_cur, arrive_frame])
+    camera = np.r_[np.zeros(len(ts_cur), bool), np.ones(len(ts_frame), bool)]
+    order = np.lexsort((camera, t_pub)).tolist()
+    return Entries(
+        ["camera" if camera[i] else "current" for i in order],
+        [fields[i] for i in order],
+        [float(t_pub[i]) for i in order],
+    )
+
+
+def observed_entries(rec: Recording, truth: FurnaceTruth) -> Entries:
+    """The entries `simulator.replay` publishes for a recording read with faults applied:
+    present samples and frames only, `ts` with any skew, ordered by true sensor time
+    (`stream_entries`)."""
     n_cur, n_frame = len(rec.t_cur), len(rec.t_frame)
     if n_cur != len(truth.t_cur) or n_frame != len(truth.t_frame):
         msg = f"{rec.name}: observed and sentinel arrays differ in length"
@@ -392,20 +422,13 @@ def observed_entries(rec: Recording, truth: FurnaceTruth) -> Entries:
     cur_on = np.ones(n_cur, bool) if rec.cur_present is None else rec.cur_present
     cam_on = np.ones(n_frame, bool) if rec.frame_present is None else rec.frame_present
     ci, fi = np.flatnonzero(cur_on), np.flatnonzero(cam_on)
-    fields: list[dict[str, Any]] = []
-    for k in ci.tolist():
-        a, b, c = (f"{x:.2f}" for x in rec.current[k].tolist())
-        fields.append({"ts": f"{truth.t0 + float(rec.t_cur[k]):.3f}", "a": a, "b": b, "c": c})
-    for k in fi.tolist():
-        image = encode_png(np.ascontiguousarray(rec.frames[k]), level=1)
-        fields.append({"ts": f"{truth.t0 + float(rec.t_frame[k]):.3f}", "image": image})
-    t_pub = np.concatenate([truth.t_cur[ci], truth.t_frame[fi]])
-    camera = np.r_[np.zeros(ci.size, bool), np.ones(fi.size, bool)]
-    order = np.lexsort((camera, t_pub)).tolist()
-    return Entries(
-        ["camera" if camera[i] else "current" for i in order],
-        [fields[i] for i in order],
-        [truth.t0 + float(t_pub[i]) for i in order],
+    return stream_entries(
+        truth.t0 + rec.t_cur[ci],
+        rec.current[ci],
+        truth.t0 + rec.t_frame[fi],
+        rec.frames[fi],
+        truth.t0 + truth.t_cur[ci],
+        truth.t0 + truth.t_frame[fi],
     )
 
 

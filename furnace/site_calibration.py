@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from furnace.alert_calibration import KN_GRID, MARGIN_FACTORS, FurnaceRun, copy_bundle
+from furnace.alert_calibration import (
+    KN_GRID,
+    MARGIN_FACTORS,
+    FurnaceRun,
+    copy_bundle,
+    setting_episodes,
+)
+from furnace.scorecard import stream_entries
 
 if TYPE_CHECKING:
     from furnace.scorecard import Entries, ServiceSettings
@@ -78,42 +85,6 @@ class NormalSource:
 # --------------------------------------------------------------------------- reading
 
 
-def _current_fields(t: NDArray[np.float64], cur: NDArray[np.float32]) -> list[dict[str, Any]]:
-    out = []
-    for ts, row in zip(t.tolist(), cur.tolist(), strict=True):
-        a, b, c = ("nan" if math.isnan(v) else f"{v:.2f}" for v in row)
-        out.append({"ts": f"{ts:.3f}", "a": a, "b": b, "c": c})
-    return out
-
-
-def entries_of(
-    t_cur: NDArray[np.float64],
-    current: NDArray[np.float32],
-    t_frame: NDArray[np.float64] | None = None,
-    frames: NDArray[np.uint8] | None = None,
-) -> Entries:
-    """Stream entries as a plant gateway would publish them (Unix s), in time order, current
-    before camera at equal times; frames as PNG."""
-    from furnace.scorecard import Entries
-    from simulator.png import encode_png
-
-    fields = _current_fields(t_cur, current)
-    times = list(t_cur.tolist())
-    camera = [False] * len(fields)
-    if t_frame is not None and frames is not None and len(t_frame):
-        for ts, frame in zip(t_frame.tolist(), frames, strict=True):
-            image = encode_png(np.ascontiguousarray(frame), level=1)
-            fields.append({"ts": f"{ts:.3f}", "image": image})
-            times.append(ts)
-            camera.append(True)
-    order = np.lexsort((np.asarray(camera), np.asarray(times))).tolist()
-    return Entries(
-        ["camera" if camera[i] else "current" for i in order],
-        [fields[i] for i in order],
-        [times[i] for i in order],
-    )
-
-
 def _split(
     name: str,
     source: str,
@@ -135,7 +106,7 @@ def _split(
         c = (t_cur >= lo) & (t_cur < hi)
         f = (t_frame >= lo) & (t_frame < hi)
         hours = max(0.0, min(hi, end) - max(count_from, start)) / 3600.0
-        ents = entries_of(t_cur[c], current[c], t_frame[f], frames[f])
+        ents = stream_entries(t_cur[c], current[c], t_frame[f], frames[f])
         return NormalPart(name + suffix, source, ents, hours, count_from, mods)
 
     cal = part(start, cut, start, "")
@@ -182,6 +153,7 @@ def read_normal(
         out.append(NormalSource(cal, hold, {"kind": "plant_csv", **pc.summary()}))
         return out
     from training.data.fmf import read_fmf, resolve_root
+    from training.export.bundle import sha256_file
 
     root = resolve_root(p)
     for rec in read_fmf(root, camera_fps=None):
@@ -201,20 +173,13 @@ def read_normal(
             "kind": "fmf",
             "dataset": str(root),
             "recording": rec.name,
-            "sha256": _sha256(root / "currents" / f"{rec.name}.csv"),
+            "sha256": sha256_file(root / "currents" / f"{rec.name}.csv"),
             "rows": len(rec.t_cur),
             "frames": len(rec.t_frame),
             "hours": round(float(rec.t_cur[-1] - rec.t_cur[0]) / 3600.0, 4),
         }
         out.append(NormalSource(cal, hold, summary))
     return out
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _check_units(current: NDArray[np.float32], where: str) -> None:
@@ -303,22 +268,17 @@ def false_episodes(
     names: tuple[str, ...],
 ) -> dict[str, dict[str, float]]:
     """Per setting: furnace-hours, episodes (all false: the data is normal) and per hour."""
-    from furnace.alert_calibration import _detection
-    from furnace.scorecard import apply_policy
-
     out: dict[str, dict[str, float]] = {}
-    for run in runs:
-        for s, ws in run.windows.items():
-            dets = (_detection(run.furnace_id, w, thr, names) for w in ws)
-            n = len(apply_policy(dets, run.furnace_id, policy).episodes)
-            o = out.setdefault(s, {"furnace_hours": 0.0, "false_episodes": 0})
-            o["furnace_hours"] += run.furnace_hours
-            o["false_episodes"] += n
-    for o in out.values():
-        h = o["furnace_hours"]
-        o["furnace_hours"] = round(h, 4)
-        o["false_episodes_per_hour"] = round(o["false_episodes"] / h, 3) if h else 0.0
-        o["upper_95_per_hour"] = round(poisson_upper(int(o["false_episodes"])) / h, 3) if h else 0
+    for s in dict.fromkeys(setting for run in runs for setting in run.windows):
+        with_s = [run for run in runs if s in run.windows]
+        h = sum(run.furnace_hours for run in with_s)
+        n = len(setting_episodes(with_s, s, thr, policy, names))
+        out[s] = {
+            "furnace_hours": round(h, 4),
+            "false_episodes": n,
+            "false_episodes_per_hour": round(n / h, 3) if h else 0.0,
+            "upper_95_per_hour": round(poisson_upper(n) / h, 3) if h else 0,
+        }
     return out
 
 
@@ -410,7 +370,7 @@ def calibrate_site(
     from furnace.scorecard import service_settings
     from service.alerting import resolve_policy
     from service.engine import Engine
-    from training.export.bundle import write_manifest
+    from training.export.bundle import rewrite_manifest, write_manifest
     from training.export.site import norm_constants, refit, rewrite_normalisation
 
     t0 = time.perf_counter()
@@ -536,8 +496,6 @@ def calibrate_site(
             "m": chosen.policy.m,
         }
     manifest["site_calibration"] = record
-    from training.export.bundle import rewrite_manifest
-
     rewrite_manifest(folder, manifest, signing_key=key)
     return {
         **record,

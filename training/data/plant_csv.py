@@ -155,8 +155,8 @@ def parse_time(s: str) -> tuple[float, str] | None:
     return dt.timestamp(), "iso"
 
 
-def _sniff_rows(path: Path, limit: int | None = None) -> list[list[str]]:
-    raw = path.read_bytes()
+def _sniff_rows(path: Path, raw: bytes) -> list[list[str]]:
+    """The non-empty rows of the file's bytes `raw` (`path` names it in errors)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -171,7 +171,7 @@ def _sniff_rows(path: Path, limit: int | None = None) -> list[list[str]]:
     except csv.Error:
         dialect = csv.excel
     rows = [r for r in csv.reader(text.splitlines(), dialect) if any(c.strip() for c in r)]
-    return rows if limit is None else rows[:limit]
+    return rows
 
 
 def _has_header(row: Sequence[str]) -> bool:
@@ -296,8 +296,9 @@ def read_plant_csv(
     if not path.is_file():
         msg = f"{path} does not exist or is not a file"
         raise PlantCsvError(msg)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    rows = _sniff_rows(path)
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    rows = _sniff_rows(path, raw)
     if not rows:
         msg = f"{path} holds no rows"
         raise PlantCsvError(msg)
