@@ -256,7 +256,8 @@ def replay_entries(
     service: ServiceSettings,
 ) -> FurnaceRun:
     """One recording's stream entries replayed under each setting: its decided windows (no
-    events; the caller adds them where it has labels)."""
+    events; the caller adds them where it has labels). Each setting is an independent replay
+    (`score_windows`: with memory heads, its own empty code history)."""
     from furnace.scorecard import assemble, score_windows
 
     run = FurnaceRun(furnace_id, name, furnace_hours, {}, {})

@@ -274,6 +274,38 @@ def _calibrate_alerts(args: argparse.Namespace) -> int:
     )
 
 
+def _memory(args: argparse.Namespace) -> int:
+    from training.export.memory import add_memory
+    from training.memory import MemoryConfig
+
+    cfg = MemoryConfig(slots=args.slots, stride_windows=args.stride, epochs=args.epochs)
+    memory = add_memory(
+        args.bundle,
+        args.data,
+        out=args.out,
+        cfg=cfg,
+        signing_key=args.signing_key,
+        threads=args.threads,
+    )
+    folder = args.out or args.bundle
+    seconds = memory["slots"] * memory["stride_windows"] * memory["hop_seconds"]
+    print(
+        f"memory heads added to {folder}: {memory['slots']} windows over the last "
+        f"{seconds:.0f} s, in {memory['training']['seconds']:.0f} s"
+    )
+    for m in ("current", "camera"):
+        head = memory["heads"][m]
+        fig = memory["validation"][head]
+        print(
+            f"  {m:7s} head '{head}': validation macro-F1 {fig['macro_f1']:.3f}, "
+            f"ORT vs torch max |dp| {memory['parity'][m]['max_prob_diff']:.1e}"
+        )
+    if args.no_alert_calibration:
+        print(f"  alert policy dropped: run furnace calibrate-alerts --bundle {folder}")
+        return 0
+    return _run_alert_calibration(Path(folder), [args.data], None, 1.0, None, args.signing_key)
+
+
 def _columns(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -629,6 +661,30 @@ def build_parser() -> argparse.ArgumentParser:
         "required when the bundle is signed",
     )
     ca.set_defaults(func=_calibrate_alerts)
+
+    me = sub.add_parser(
+        "memory",
+        help="add memory heads (the last minutes of a furnace's shared codes) to a bundle, "
+        "trained on the codes of its own graphs; then recalibrates its alert policy",
+    )
+    me.add_argument("--bundle", required=True, help="bundle folder (changed in place)")
+    me.add_argument("--data", required=True, help="the run's training data (simulated)")
+    me.add_argument("--out", help="write the bundle with memory here instead")
+    me.add_argument("--slots", type=int, default=16, help="windows of history read (16)")
+    me.add_argument("--stride", type=int, default=8, help="hops between them (8 = 16 s)")
+    me.add_argument("--epochs", type=int, default=10, help="training epochs per head (10)")
+    me.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
+    me.add_argument(
+        "--no-alert-calibration",
+        action="store_true",
+        help="leave the alert policy out (furnace calibrate-alerts does it later)",
+    )
+    _signing_key_option(
+        me,
+        "key that signs the rewritten bundle (default: $FURNACE_SIGNING_KEY); required when "
+        "the bundle is signed",
+    )
+    me.set_defaults(func=_memory)
 
     im = sub.add_parser(
         "import",

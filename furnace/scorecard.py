@@ -16,7 +16,8 @@ furnace by furnace the way `furnace replay` publishes it and the stream consumer
 - Windows: one `service.windows.WindowAssembler` per furnace and setting, with the service's
   grace and staleness settings, popped as soon as the newest timestamp closes one (what the
   consumer does reading at the live rate: a window every 2 s of sensor time).
-- Decisions: `service.engine.Engine.score` (batched), each detection turned into what the
+- Decisions: `service.engine.Engine.score` (batched; with memory heads, each replay of a
+  furnace under a setting with its own empty code history), each detection turned into what the
   alert policy takes by `service.store.alerting_form` and applied in window order with
   `service.alerting.next_state` and the policy the service would run
   (`ServiceSettings.policy`: FURNACE_ALERT_K/N/M where set, else the bundle's calibrated
@@ -496,15 +497,20 @@ def score_windows(
 ) -> Iterator[Detection]:
     """`Engine.score` over windows as they close, in batches of at least `batch` (the
     closed windows of one pop stay together), detections in window order.
+
+    Each call is one independent replay: with memory heads it scores with its own, empty
+    code history (`Engine.new_history`), so replaying a furnace again (another setting,
+    another recording of the same furnace id) never reads an earlier pass's windows.
     """
+    history = engine.new_history()
     pending: list[Window] = []
     for closed in windows:
         pending.extend(closed)
         if len(pending) >= batch:
-            yield from engine.score(pending)
+            yield from engine.score(pending, history=history)
             pending = []
     if pending:
-        yield from engine.score(pending)
+        yield from engine.score(pending, history=history)
 
 
 def decide(

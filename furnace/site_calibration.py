@@ -442,6 +442,8 @@ def calibrate_site(
         site_calibration={"status": "normalisation written, thresholds pending"},
     )
     graphs = [g.file for g in engine.manifest.graphs.values()]
+    if engine.manifest.memory is not None:  # memory heads: listed, hashed and stamped too
+        graphs += [g.file for g in engine.manifest.memory.graphs.values()]
     write_manifest(folder, manifest, graphs=graphs, signing_key=key)
 
     # 2. thresholds (and, if needed, a stricter k of n) on the new graph

@@ -287,6 +287,7 @@ async def model_info(rt: RuntimeDep, engine: EngineDep, client: RedisDep) -> dic
         "alert_policy": _policy_out(rt, m.alert_policy),
         "metrics": _public((raw.get("metrics") or {}).get("settings")),
         "training": _public(raw.get("training") or {}),
+        "memory": None if raw.get("memory") is None else _public(raw["memory"]),
     }
 
 

@@ -9,6 +9,10 @@ raises `BundleError` naming the file and the reason; nothing here touches ONNX R
 Given a `BundleTrust`, it first checks the Ed25519 signature over the manifest's bytes
 (service/signing.py), so a graph changed and re-hashed into the manifest is refused too.
 `training/export/bundle.py` writes this format.
+
+An optional `memory` section adds one memory-head graph per modality (`MemorySpec`; codes of
+the decided window and of earlier windows of the same furnace -> probabilities, docs/service.md
+"Memory"); its graphs are listed and hashed in `files` like the window graphs.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ BUNDLE_FORMAT = "furnace-sentinel-bundle"
 SUPPORTED_VERSIONS = (1,)
 INPUT_NAMES = {"current": ("current_a", "baseline_a"), "camera": ("frames",)}
 OUTPUT_NAMES = ("codes", "quantized", "probs", "score", "segment_scores")
+MEMORY_INPUTS = (("codes", "tensor(int64)"), ("present", "tensor(float)"))
+MEMORY_OUTPUTS = ("probs", "score")
+MAX_MEMORY_SLOTS = 1024
+MAX_MEMORY_STRIDE = 100_000
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -50,6 +58,26 @@ class GraphSpec:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """The manifest's optional `memory` section: per modality a graph reading the codes of
+    `slots` windows of one furnace, slot j the window ending j * stride_windows * hop_seconds
+    before the decided one (slot 0: the decided window itself), `codes_per_window` codes each.
+    """
+
+    slots: int  # M
+    stride_windows: int
+    hop_seconds: float  # the window spec's hop
+    codes_per_window: int  # segments x codes_per_segment
+    graphs: dict[str, GraphSpec]  # modality -> its memory graph
+    heads: dict[str, str]  # modality -> the label source of its head (information only)
+
+    @property
+    def span_seconds(self) -> float:
+        """The window ends the slots cover, the decided one's included, plus one stride."""
+        return self.slots * self.stride_windows * self.hop_seconds
 
 
 FUSION_RULES = ("max_ratio", "average")
@@ -131,6 +159,7 @@ class Manifest:
     raw: dict[str, Any]  # the whole manifest, for GET /v1/model
     alert_policy: BundleAlertPolicy | None = None  # None: the manifest has none (older)
     signed_by: str | None = None  # id of the trusted key whose signature was checked
+    memory: MemorySpec | None = None  # None: no memory heads (the window graphs decide)
 
     @property
     def bundle_sha256(self) -> str:
@@ -192,6 +221,7 @@ def _parse_manifest(root: Path, data: bytes) -> Manifest:
         msg += f"spec needs {window.baseline_width} (long_baseline_seconds "
         msg += f"{window.long_baseline_seconds:g}); re-export the bundle"
         raise BundleError(msg)
+    codes_per_segment = _int(raw, "codes_per_segment", where) if "codes_per_segment" in raw else 1
     return Manifest(
         folder=root,
         name=_str(raw, "name", where),
@@ -201,9 +231,7 @@ def _parse_manifest(root: Path, data: bytes) -> Manifest:
         class_names=_class_names(raw, where),
         codebook_size=_int(raw, "codebook_size", where),
         code_dim=_int(raw, "code_dim", where),
-        codes_per_segment=(
-            _int(raw, "codes_per_segment", where) if "codes_per_segment" in raw else 1
-        ),
+        codes_per_segment=codes_per_segment,
         head=_str(raw, "head", where),
         heads=_heads(raw, where),
         graphs=graphs,
@@ -213,6 +241,13 @@ def _parse_manifest(root: Path, data: bytes) -> Manifest:
         files=_files(_obj(raw, "files", where), where),
         raw=raw,
         alert_policy=_alert_policy(raw, where),
+        memory=_memory(
+            raw,
+            where,
+            window,
+            window.segments * codes_per_segment,
+            graphs,
+        ),
     )
 
 
@@ -240,6 +275,8 @@ def verify_bundle(folder: str | Path, *, trust: BundleTrust | None = None) -> Ma
             logger.warning("%s; served anyway: FURNACE_ALLOW_UNSIGNED_BUNDLES is on", exc)
     manifest = replace(_parse_manifest(root, data), signed_by=signed_by)
     needed = {g.file for g in manifest.graphs.values()} | {manifest.golden}
+    if manifest.memory is not None:
+        needed |= {g.file for g in manifest.memory.graphs.values()}
     unlisted = sorted(needed - set(manifest.files))
     if unlisted:
         msg = f"{root}/manifest.json: files {unlisted} are used but have no sha256 in 'files'"
@@ -369,6 +406,77 @@ def _graphs(raw: dict[str, Any], where: str) -> dict[str, GraphSpec]:
             raise _fail(where, f"graphs.{m}.outputs", f"must be {OUTPUT_NAMES}, got {outs}")
         graphs[m] = spec
     return graphs
+
+
+def _memory(
+    raw: dict[str, Any],
+    where: str,
+    window: WindowSpec,
+    codes_per_window: int,
+    window_graphs: dict[str, GraphSpec],
+) -> MemorySpec | None:
+    """The optional `memory` section (module docstring); None when the manifest has none."""
+    if raw.get("memory") is None:
+        return None
+    section = _obj(raw, "memory", where)
+    w = f"{where} memory"
+    slots = _int(section, "slots", w)
+    stride = _int(section, "stride_windows", w)
+    if slots > MAX_MEMORY_SLOTS:
+        raise _fail(w, "slots", f"must be at most {MAX_MEMORY_SLOTS}, got {slots}")
+    if stride > MAX_MEMORY_STRIDE:
+        raise _fail(w, "stride_windows", f"must be at most {MAX_MEMORY_STRIDE}, got {stride}")
+    hop = _num(section, "hop_seconds", w, 1e-3, 3600.0)
+    if abs(hop - window.hop_seconds) > 1e-9:
+        raise _fail(w, "hop_seconds", f"must equal window.hop_seconds {window.hop_seconds:g}")
+    width = _int(section, "codes_per_window", w)
+    if width != codes_per_window:
+        msg = f"must be segments x codes_per_segment = {codes_per_window}, got {width}"
+        raise _fail(w, "codes_per_window", msg)
+    for m, window_graph in window_graphs.items():
+        out = next(t for t in window_graph.outputs if t.name == "codes")
+        if out.shape[-1:] not in ((None,), (width,)):
+            msg = f"is {width}, but the {m} graph's codes output has shape {list(out.shape)}"
+            raise _fail(w, "codes_per_window", msg)
+    graphs_raw = _obj(section, "graphs", w)
+    graphs: dict[str, GraphSpec] = {}
+    used = {g.file for g in window_graphs.values()}
+    for m in MODALITIES:
+        g = graphs_raw.get(m)
+        if not isinstance(g, dict):
+            raise _fail(w, f"graphs.{m}", "is missing")
+        spec = GraphSpec(
+            file=_file_name(_str(g, "file", w), w),
+            inputs=_tensor_specs(g.get("inputs"), f"{w} graphs.{m}"),
+            outputs=_tensor_specs(g.get("outputs"), f"{w} graphs.{m}"),
+        )
+        ins = tuple((t.name, t.type) for t in spec.inputs)
+        if ins != MEMORY_INPUTS:
+            raise _fail(w, f"graphs.{m}.inputs", f"must be {MEMORY_INPUTS}, got {ins}")
+        outs = tuple(t.name for t in spec.outputs)
+        if outs != MEMORY_OUTPUTS:
+            raise _fail(w, f"graphs.{m}.outputs", f"must be {MEMORY_OUTPUTS}, got {outs}")
+        for t, want in zip(spec.inputs, ((slots, width), (slots,)), strict=True):
+            if not _shape_fits(t.shape, want):
+                msg = f"{t.name} has shape {list(t.shape)}, but slots {slots} and "
+                msg += f"codes_per_window {width} need [null, {', '.join(map(str, want))}]"
+                raise _fail(w, f"graphs.{m}.inputs", msg)
+        if spec.file in used:
+            raise _fail(w, f"graphs.{m}.file", f"{spec.file!r} is already another graph's file")
+        used.add(spec.file)
+        graphs[m] = spec
+    heads_raw = section.get("heads") or {}
+    if not isinstance(heads_raw, dict):
+        raise _fail(w, "heads", "must be an object")
+    heads = {str(k): str(v) for k, v in heads_raw.items()}
+    return MemorySpec(slots, stride, hop, width, graphs, heads)
+
+
+def _shape_fits(shape: tuple[int | None, ...], want: tuple[int, ...]) -> bool:
+    """A (batch, *want) input: the right rank, every fixed dimension as wanted."""
+    if len(shape) != len(want) + 1:
+        return False
+    return all(got is None or got == dim for got, dim in zip(shape[1:], want, strict=True))
 
 
 def _thresholds(raw: dict[str, Any], where: str) -> Thresholds:

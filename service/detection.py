@@ -17,12 +17,15 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ModalityResult:
-    """One modality's view of a window."""
+    """One modality's view of a window. With a memory head (docs/service.md "Memory"),
+    `probs` and `score` are the memory graph's and `window_score` keeps the window graph's own
+    score (diagnostics); without one `window_score` is None."""
 
     codes: list[int]
     probs: list[float]
     score: float
     segment_scores: list[float]
+    window_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,7 @@ class Detection:
             "code_agreement": self.code_agreement,
             "segment_scores": {m: r.segment_scores for m, r in self.per_modality.items()},
             "per_modality": {
-                m: {
-                    "codes": r.codes,
-                    "score": r.score,
-                    "probabilities": dict(zip(self.class_names, r.probs, strict=False)),
-                    "segment_scores": r.segment_scores,
-                }
-                for m, r in self.per_modality.items()
+                m: _modality_dict(r, self.class_names) for m, r in self.per_modality.items()
             },
             "model_version": self.model_version,
         }
@@ -106,6 +103,7 @@ class Detection:
                     probs=[float(p) for p in r["probabilities"].values()],
                     score=float(r["score"]),
                     segment_scores=[float(s) for s in r["segment_scores"]],
+                    window_score=_float_or_none(r.get("window_score")),
                 )
                 for m, r in (data.get("per_modality") or {}).items()
             }
@@ -133,6 +131,22 @@ class Detection:
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             msg = f"invalid detection record: {exc!r}"
             raise ValueError(msg) from exc
+
+
+def _modality_dict(r: ModalityResult, class_names: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "codes": r.codes,
+        "score": r.score,
+        "probabilities": dict(zip(class_names, r.probs, strict=False)),
+        "segment_scores": r.segment_scores,
+    }
+    if r.window_score is not None:  # a memory head decided: the window graph's own score
+        out["window_score"] = r.window_score
+    return out
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
 
 
 def _finite(x: float | None) -> float | None:

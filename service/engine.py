@@ -19,6 +19,12 @@ the most probable class, it is the most probable abnormal class. The rule is the
 `decide` (per-modality results + usable modalities + thresholds -> a `Decision`): the engine
 calls it for every window and `furnace.alert_calibration` re-decides stored results with it
 under candidate thresholds, so there is no second copy.
+
+Memory heads (the manifest's optional `memory`, docs/service.md "Memory"): after a modality's
+window graph has run, its codes go into the engine's `CodeHistory` (service/memory.py) and the
+modality's memory graph decides from them and the codes of earlier windows of the same furnace;
+its probabilities and score replace the window graph's (`window_score` keeps the latter). The
+history is the one mutable part of an engine; offline replays pass their own (`new_history`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.bundle import (
+    MEMORY_OUTPUTS,
     OUTPUT_NAMES,
     RATIO_FLOOR,
     BundleError,
@@ -43,6 +50,7 @@ from service.bundle import (
     verify_bundle,
 )
 from service.detection import Detection, ModalityResult
+from service.memory import CodeHistory
 from service.signing import BundleTrust
 from service.types import MODALITIES, Window
 
@@ -73,7 +81,8 @@ def choose_providers() -> list[str]:
 
 
 class Engine:
-    """A loaded, verified and warmed bundle. Immutable once built; swap the whole object."""
+    """A loaded, verified and warmed bundle; swap the whole object to change it. Immutable
+    once built except for `history` (the memory heads' codes, service/memory.py)."""
 
     def __init__(
         self, folder: str | Path, *, intra_op_threads: int = 1, trust: BundleTrust | None = None
@@ -96,12 +105,42 @@ class Engine:
                 raise BundleError(msg) from exc
             self._check_io(m, session, path)
             self.sessions[m] = session
+        self.memory_sessions: dict[str, ort.InferenceSession] = {}
+        self.history: CodeHistory | None = None
+        memory = self.manifest.memory
+        if memory is not None:
+            for m in MODALITIES:
+                path = self.manifest.folder / memory.graphs[m].file
+                try:
+                    session = _session(path, intra_op_threads, self.providers)
+                except Exception as exc:  # ORT raises its own types for broken graphs
+                    msg = f"{path}: ONNX Runtime cannot load it ({exc})"
+                    raise BundleError(msg) from exc
+                self._check_memory_io(m, session, path)
+                self.memory_sessions[m] = session
+            self.history = self.new_history()
         self.bundle_sha256 = self.manifest.bundle_sha256
         self._warm_up()
 
     @property
     def model_version(self) -> str:
         return self.manifest.model_version
+
+    @property
+    def has_memory(self) -> bool:
+        """The bundle has memory heads (the manifest's `memory` section)."""
+        return self.manifest.memory is not None
+
+    def new_history(self) -> CodeHistory | None:
+        """An empty history for this bundle's memory heads (None without them): each offline
+        replay scores with its own, so no replay reads another's windows."""
+        memory = self.manifest.memory
+        return None if memory is None else CodeHistory(memory, self.manifest.codebook_size)
+
+    def reset_memory(self) -> None:
+        """Forget the engine's own history (every furnace starts empty, unprimed)."""
+        if self.history is not None:
+            self.history.clear()
 
     def _check_io(self, modality: str, session: ort.InferenceSession, path: Path) -> None:
         spec = self.manifest.graphs[modality]
@@ -112,6 +151,32 @@ class Engine:
             msg = f"{path}: inputs {got_in} / outputs {got_out} differ from the manifest's "
             msg += f"{want_in} / {list(OUTPUT_NAMES)}"
             raise BundleError(msg)
+        self._check_version(session, path)
+
+    def _check_memory_io(self, modality: str, session: ort.InferenceSession, path: Path) -> None:
+        memory = self.manifest.memory
+        assert memory is not None
+        spec = memory.graphs[modality]
+        got_in = [(i.name, i.type) for i in session.get_inputs()]
+        want_in = [(t.name, t.type) for t in spec.inputs]
+        got_out = [o.name for o in session.get_outputs()]
+        if got_in != want_in or got_out != list(MEMORY_OUTPUTS):
+            msg = f"{path}: inputs {got_in} / outputs {got_out} differ from the manifest's "
+            msg += f"{want_in} / {list(MEMORY_OUTPUTS)}"
+            raise BundleError(msg)
+        want = {"codes": (memory.slots, memory.codes_per_window), "present": (memory.slots,)}
+        for i in session.get_inputs():
+            dims = [d if isinstance(d, int) else None for d in i.shape]
+            if len(dims) != len(want[i.name]) + 1 or any(
+                d is not None and d != w for d, w in zip(dims[1:], want[i.name], strict=True)
+            ):
+                msg = f"{path}: input {i.name} has shape {i.shape}, but the manifest's memory "
+                msg += f"section (slots {memory.slots}, codes_per_window "
+                msg += f"{memory.codes_per_window}) needs [batch, *{list(want[i.name])}]"
+                raise BundleError(msg)
+        self._check_version(session, path)
+
+    def _check_version(self, session: ort.InferenceSession, path: Path) -> None:
         meta = session.get_modelmeta().custom_metadata_map
         if meta.get("model_version") != self.manifest.model_version:
             msg = f"{path}: graph model_version {meta.get('model_version')!r} differs from the "
@@ -142,6 +207,23 @@ class Engine:
                 msg = f"{path}: the {m} graph disagrees with its golden outputs (codes "
                 msg += f"{agree:.1%} equal, max probability difference {diff:.2g})"
                 raise BundleError(msg)
+        for m, session in self.memory_sessions.items():
+            try:
+                feeds = {n: data[f"memory/{m}/{n}"] for n in ("codes", "present")}
+                ref_probs = data[f"memory/{m}/probs"]
+            except KeyError as exc:
+                msg = f"{path}: no golden array {exc} for the {m} memory graph"
+                raise BundleError(msg) from exc
+            try:
+                probs = session.run(["probs"], feeds)[0]
+                diff = float(np.abs(probs - ref_probs).max())
+            except Exception as exc:  # ORT's own types: golden arrays of the wrong shape
+                msg = f"{path}: the {m} memory graph cannot run its golden histories ({exc})"
+                raise BundleError(msg) from exc
+            if not diff <= GOLDEN_PROB_TOL:
+                msg = f"{path}: the {m} memory graph disagrees with its golden outputs (max "
+                msg += f"probability difference {diff:.2g})"
+                raise BundleError(msg)
 
     def run(self, modality: str, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         """One batched run of a modality's graph; refuses non-finite outputs."""
@@ -153,10 +235,33 @@ class Engine:
                 raise FloatingPointError(msg)
         return result
 
-    def score(self, windows: list[Window], observe: Observer | None = None) -> list[Detection]:
-        """Score windows (any furnaces), one batched run per modality.
+    def run_memory(
+        self, modality: str, codes: NDArray[np.int64], present: NDArray[np.float32]
+    ) -> dict[str, NDArray[Any]]:
+        """One batched run of a modality's memory graph; refuses non-finite outputs."""
+        out = self.memory_sessions[modality].run(
+            list(MEMORY_OUTPUTS), {"codes": codes, "present": present}
+        )
+        result = dict(zip(MEMORY_OUTPUTS, out, strict=True))
+        for name, value in result.items():
+            if not np.isfinite(value).all():
+                msg = f"the {modality} memory graph returned non-finite {name}"
+                raise FloatingPointError(msg)
+        return result
 
-        `observe(modality, seconds, batch_size)` is called after each run (metrics).
+    def score(
+        self,
+        windows: list[Window],
+        observe: Observer | None = None,
+        *,
+        history: CodeHistory | None = None,
+    ) -> list[Detection]:
+        """Score windows (any furnaces), one batched run per modality (and, with memory heads,
+        one memory run per modality after it).
+
+        `observe(modality, seconds, batch_size)` is called after each modality's runs
+        (metrics). `history`: the memory heads' codes to read and extend (default: the
+        engine's own; offline replays pass `new_history()`).
         """
         per: dict[str, dict[int, ModalityResult]] = {m: {} for m in MODALITIES}
         cur = [
@@ -173,6 +278,7 @@ class Engine:
             }
             t0 = time.perf_counter()
             per["current"] = self._split([i for i, _ in cur], self.run("current", feeds))
+            self._remember("current", windows, per["current"], history or self.history)
             if observe is not None:
                 observe("current", time.perf_counter() - t0, len(cur))
         cam = [(i, w.camera) for i, w in enumerate(windows) if w.camera is not None]
@@ -180,9 +286,35 @@ class Engine:
             frames = np.stack([c.frames for _, c in cam]).astype(np.uint8)
             t0 = time.perf_counter()
             per["camera"] = self._split([i for i, _ in cam], self.run("camera", {"frames": frames}))
+            self._remember("camera", windows, per["camera"], history or self.history)
             if observe is not None:
                 observe("camera", time.perf_counter() - t0, len(cam))
         return [self._decide(i, w, per) for i, w in enumerate(windows)]
+
+    def _remember(
+        self,
+        modality: str,
+        windows: list[Window],
+        results: dict[int, ModalityResult],
+        history: CodeHistory | None,
+    ) -> None:
+        """With memory heads: store the batch's codes, run the memory graph on each window's
+        slots and put its probabilities and score in place of the window graph's (kept as
+        `window_score`). Without them, nothing."""
+        if not self.memory_sessions or history is None or not results:
+            return
+        index = sorted(results)
+        batch = [(windows[i].furnace_id, windows[i].end, results[i].codes) for i in index]
+        codes, present = history.gather(modality, batch)
+        out = self.run_memory(modality, codes, present)
+        for k, i in enumerate(index):
+            r = results[i]
+            results[i] = replace(
+                r,
+                probs=out["probs"][k].astype(float).tolist(),
+                score=float(out["score"][k]),
+                window_score=r.score,
+            )
 
     @staticmethod
     def _split(index: list[int], out: dict[str, NDArray[Any]]) -> dict[int, ModalityResult]:

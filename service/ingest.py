@@ -236,9 +236,13 @@ class StreamConsumer:
     async def _adopt(self, furnace_id: str) -> None:
         """Start reading a furnace: rebuild its window buffer from both streams' history,
         commit any window that history closes after the last committed one, and start each
-        stream with its own pending entries (docs/design/serving.md 2.3)."""
-        spec = self.engine().manifest.window
-        assembler = await self.recovery.adopt(self.client, furnace_id, spec)
+        stream with its own pending entries (docs/design/serving.md 2.3). With memory heads,
+        the furnace's code history is rebuilt from its stored detections before its first
+        window is scored (`Runtime.prime_memory`)."""
+        engine = self.engine()
+        if engine.history is not None:  # rebuilt from stored detections before it scores
+            engine.history.reprime(furnace_id)
+        assembler = await self.recovery.adopt(self.client, furnace_id, engine.manifest.window)
         windows = self.streams.add(furnace_id, assembler)
         if windows:  # closed by entries acked before a commit finished: commit them now
             await self.streams.score_and_commit(windows)

@@ -450,7 +450,8 @@ class Metrics:
         self.windows_rejected.labels(source=source, reason=reason).inc()
 
     def observe_inference(self, *, modality: str, seconds: float, batch_size: int) -> None:
-        """One ORT `run()` over `batch_size` windows of one modality."""
+        """One ORT `run()` over `batch_size` windows of one modality (with memory heads, the
+        window graph's and the memory graph's runs together)."""
         self.inference_seconds.labels(modality=modality).observe(seconds)
         self.inference_batch_size.labels(modality=modality).observe(batch_size)
 

@@ -27,7 +27,7 @@ from service.ingest import StreamConsumer
 from service.metrics import Metrics
 from service.schemas import BUNDLE_NAME
 from service.settings import Settings
-from service.store import CommitResult, Keys
+from service.store import CommitResult, Keys, recent_codes
 from service.types import Window
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,55 @@ class Runtime:
         def observe(modality: str, seconds: float, batch: int) -> None:
             self.metrics.observe_inference(modality=modality, seconds=seconds, batch_size=batch)
 
+        await self.prime_memory(engine, {w.furnace_id for w in windows})
         pool = self.http_executor if source == "http" else self.executor
         return await asyncio.get_running_loop().run_in_executor(
             pool, lambda: engine.score(windows, observe)
         )
+
+    async def prime_memory(self, engine: Engine, furnaces: set[str]) -> None:
+        """Rebuild the memory heads' history of each furnace `engine` has not primed yet from
+        the furnace's recent detections (docs/service.md "Memory"): after a restart, a
+        reload, or when a replica adopts a furnace, before its first window is scored. Only
+        detections of the engine's model version, and only the window ends the slots can
+        reach, are read (bounded XREVRANGE). A failed read is logged and the furnace goes on
+        with what the engine holds (its history fills again as windows are scored)."""
+        history = engine.history
+        memory = engine.manifest.memory
+        if history is None or memory is None:
+            return
+        keys = Keys(self.settings.key_prefix)
+        for furnace_id in sorted(furnaces):
+            if history.primed(furnace_id):
+                continue
+            try:
+                records = await asyncio.wait_for(
+                    recent_codes(
+                        self.redis(),
+                        keys,
+                        furnace_id,
+                        model_version=engine.model_version,
+                        seconds=memory.span_seconds,
+                        max_entries=2 * memory.slots * memory.stride_windows + 64,
+                    ),
+                    self.settings.redis_read_timeout_seconds,
+                )
+            except Exception as exc:  # noqa: BLE001 - Redis down or slow: score without it
+                history.mark_primed(furnace_id)
+                logger.warning(
+                    "memory history of %s not rebuilt from its stored detections (%r); "
+                    "scoring on with what this engine holds",
+                    furnace_id,
+                    exc,
+                )
+                continue
+            stored = history.prime(furnace_id, records)
+            logger.info(
+                "memory history of %s rebuilt from %d stored detections (%d codes)",
+                furnace_id,
+                len(records),
+                stored,
+            )
 
     async def reload(self, name: str, *, origin: str = "reload") -> tuple[str, Engine]:
         """Verify, build and warm the bundle `name`, then swap it in (docs/design/serving.md 3.2).

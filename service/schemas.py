@@ -60,6 +60,11 @@ class ModalityOut(BaseModel):
     score: float
     probabilities: dict[str, float]
     segment_scores: list[float]
+    window_score: float | None = Field(
+        None,
+        description="with a memory head (the manifest's `memory`): the window graph's own "
+        "score; `score` and `probabilities` are then the memory head's",
+    )
 
 
 class EpisodeOut(BaseModel):
@@ -172,6 +177,11 @@ class ModelOut(BaseModel):
     )
     metrics: Any
     training: dict[str, Any]
+    memory: dict[str, Any] | None = Field(
+        None,
+        description="the manifest's `memory` section (memory heads: slots, stride, graphs, "
+        "validation; no file-system paths), null when the bundle has none",
+    )
 
 
 class ReloadOut(BaseModel):

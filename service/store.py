@@ -113,6 +113,58 @@ def read_detection(fields: Mapping[Any, Any]) -> Detection:
     return Detection.from_dict(data)
 
 
+HISTORY_PAGE = 64  # detections per XREVRANGE while priming a furnace's code history
+
+
+async def recent_codes(
+    client: aioredis.Redis,
+    keys: Keys,
+    furnace_id: str,
+    *,
+    model_version: str,
+    seconds: float,
+    max_entries: int,
+) -> list[tuple[float, dict[str, list[int]]]]:
+    """The per-modality codes of a furnace's recent detections written by `model_version`,
+    oldest first: (window end, modality -> codes) for the window ends within `seconds` of the
+    newest such one (docs/service.md "Memory"). Reads newest first in pages of
+    `HISTORY_PAGE` (XREVRANGE ... COUNT), at most `max_entries` entries, and stops early at a
+    page that lies wholly before the span. Entries without parsable codes are skipped.
+    """
+    found: list[tuple[float, dict[str, list[int]]]] = []
+    newest: float | None = None
+    top, read = "+", 0
+    key = keys.detections(furnace_id)
+    while read < max_entries:
+        count = min(HISTORY_PAGE, max_entries - read)
+        rows: Any = await client.xrevrange(key, max=top, min="-", count=count)
+        if not rows:
+            break
+        read += len(rows)
+        top = f"({as_text(rows[-1][0])}"
+        in_span = False
+        for _, fields in rows:
+            got = {as_text(k): v for k, v in fields.items()}
+            if as_text(got.get("model_version", b"")) != model_version:
+                continue
+            try:
+                end = float(as_text(got["window_end"]))
+                codes = json.loads(as_text(got["data"])).get("codes") or {}
+                parsed = {str(m): [int(c) for c in v] for m, v in codes.items()}
+            except (KeyError, ValueError, TypeError, AttributeError):
+                continue
+            newest = end if newest is None else max(newest, end)
+            if end >= newest - seconds:
+                in_span = True
+                found.append((end, parsed))
+        if len(rows) < count or (newest is not None and not in_span):
+            break
+    if newest is not None:
+        found = [(end, codes) for end, codes in found if end >= newest - seconds]
+    found.reverse()  # the stream's order: the order the codes were first stored in
+    return found
+
+
 async def load_state(client: aioredis.Redis, keys: Keys, furnace_id: str) -> dict[str, str]:
     """The raw `furnace:{id}:state` hash as str -> str ({} before any detection)."""
     raw = await client.hgetall(keys.state(furnace_id))

@@ -67,6 +67,19 @@ def resolve_bundle(
     return tiny
 
 
+def resolve_memory_bundle(request: pytest.FixtureRequest, bundle_dir: Path) -> Path:
+    """FURNACE_TEST_MEMORY_BUNDLE, else `bundle_dir` when its manifest has a `memory` section
+    (models/default once it ships memory heads), else the tiny bundle with memory heads
+    (`tiny_memory_bundle`)."""
+    override = os.environ.get("FURNACE_TEST_MEMORY_BUNDLE")
+    if override:
+        return Path(override)
+    if json.loads((bundle_dir / "manifest.json").read_text()).get("memory") is not None:
+        return bundle_dir
+    tiny: Path = request.getfixturevalue("tiny_memory_bundle")
+    return tiny
+
+
 def _stable_copy(bundle: Path, root: Path, attempts: int = 20) -> Path:
     error: BundleError | None = None
     for attempt in range(attempts):

@@ -2,8 +2,10 @@
 key prefixes and settings under them (helpers: tests/helpers/service.py).
 
 `bundle_dir` prefers the shipped bundle `models/default/` and falls back to the session's tiny
-trained bundle (`tiny_bundle`); `FURNACE_TEST_BUNDLE=<folder>` overrides both. Tests read window
-geometry, class names and thresholds from the bundle's manifest, never from literals.
+trained bundle (`tiny_bundle`); `FURNACE_TEST_BUNDLE=<folder>` overrides both. `memory_bundle`
+is a bundle with memory heads: `bundle_dir` when it has them, else the tiny bundle with them
+added (`tiny_memory_bundle`); `FURNACE_TEST_MEMORY_BUNDLE=<folder>` overrides both. Tests read
+window geometry, class names and thresholds from the bundle's manifest, never from literals.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tests.helpers.redis_keys import delete_prefix
 from tests.helpers.service import (
     make_settings,
     resolve_bundle,
+    resolve_memory_bundle,
 )
 
 
@@ -29,6 +32,12 @@ from tests.helpers.service import (
 def bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundle the service tests serve (`resolve_bundle`)."""
     return resolve_bundle(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def memory_bundle(request: pytest.FixtureRequest, bundle_dir: Path) -> Path:
+    """A bundle with memory heads (`resolve_memory_bundle`)."""
+    return resolve_memory_bundle(request, bundle_dir)
 
 
 @pytest.fixture(scope="session")

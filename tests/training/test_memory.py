@@ -1,0 +1,92 @@
+"""Memory heads: history construction, the head's masking, and `furnace memory`'s bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model.memory import MemoryHead
+from training.memory import ABSENT, History, MemoryConfig, history_index, train_memory_head
+
+
+def test_history_index_matches_the_hop_grid_within_a_recording() -> None:
+    # two recordings; in "a" the window at 6 s is invalid and the one at 10 s is missing
+    recording = np.array(["a", "a", "a", "a", "a", "b", "b"])
+    t_end = np.array([2.0, 4.0, 6.0, 8.0, 12.0, 2.0, 4.0])
+    valid = np.array([True, True, False, True, True, True, True])
+    idx = history_index(recording, t_end, valid, hop_s=2.0, slots=4, stride=1)
+    assert idx[4].tolist() == [4, ABSENT, 3, ABSENT]  # 12 s: 10 s missing, 8 s, 6 s invalid
+    assert idx[3].tolist() == [3, ABSENT, 1, 0]  # 8 s: 6 s invalid, 4 s, 2 s
+    assert idx[2, 0] == ABSENT  # an invalid window has no slot 0
+    assert idx[6].tolist() == [6, 5, ABSENT, ABSENT]  # "b" never reads "a"
+    strided = history_index(recording, t_end, valid, hop_s=2.0, slots=3, stride=2)
+    assert strided[4].tolist() == [4, 3, 1]  # 12, 8, 4 s
+
+
+def _head(slots: int = 4) -> MemoryHead:
+    torch.manual_seed(0)
+    return MemoryHead(torch.randn(8, 2), segments=2, codes_per_window=4, slots=slots, n_classes=3)
+
+
+def test_absent_slots_do_not_change_the_output() -> None:
+    head = _head().eval()
+    codes = torch.randint(0, 8, (5, 4, 4))
+    present = torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 5)
+    other = codes.clone()
+    other[:, 2:] = torch.randint(0, 8, (5, 2, 4))
+    with torch.no_grad():
+        assert torch.allclose(head(codes, present), head(other, present), atol=1e-6)
+        more = torch.ones(5, 4)
+        assert not torch.allclose(head(codes, present), head(codes, more), atol=1e-4)
+
+
+def test_head_rejects_codes_that_do_not_split_into_segments() -> None:
+    with pytest.raises(ValueError, match="codes per window"):
+        MemoryHead(torch.randn(8, 2), segments=3, codes_per_window=4, slots=2)
+
+
+def test_training_learns_a_condition_that_only_history_shows() -> None:
+    """Class 1 = an earlier window held code 7; the decided window alone looks normal."""
+    rng = np.random.default_rng(0)
+    n, slots = 1200, 4
+    codes = rng.integers(0, 6, (n, slots, 4))
+    label = rng.integers(0, 2, n)
+    codes[label == 1, 2, :] = 7
+    present = np.ones((n, slots), np.float32)
+    h = History(codes.astype(np.int64), present, label.astype(np.int64), np.arange(n))
+    train, val = (
+        History(*(getattr(h, f)[s] for f in History._fields))
+        for s in (slice(0, 900), slice(900, None))
+    )
+    cfg = MemoryConfig(
+        slots=slots, stride_windows=1, epochs=8, batch=32, hidden=16, slot_dropout=0.0
+    )
+    book = np.random.default_rng(1).normal(size=(8, 2)).astype(np.float32)
+    _, fig = train_memory_head(train, val, book, segments=2, n_classes=2, cfg=cfg, progress=False)
+    assert fig["macro_f1"] > 0.95
+
+
+def test_memory_bundle_records_and_runs_its_memory_graphs(tiny_memory_bundle: Path) -> None:
+    manifest = json.loads((tiny_memory_bundle / "manifest.json").read_text())
+    memory = manifest["memory"]
+    assert "alert_policy" not in manifest or manifest["alert_policy"]  # dropped or recalibrated
+    assert manifest["window_thresholds"] != manifest["thresholds"]
+    golden = np.load(tiny_memory_bundle / manifest["golden"])
+    for m in ("current", "camera"):
+        spec = memory["graphs"][m]
+        assert spec["file"] in manifest["files"]
+        assert memory["parity"][m]["max_prob_diff"] < 1e-4
+        session = ort.InferenceSession(str(tiny_memory_bundle / spec["file"]))
+        assert [i.name for i in session.get_inputs()] == ["codes", "present"]
+        codes, present = golden[f"memory/{m}/codes"], golden[f"memory/{m}/present"]
+        assert codes.shape[1:] == (memory["slots"], memory["codes_per_window"])
+        probs, score = session.run(["probs", "score"], {"codes": codes, "present": present})
+        np.testing.assert_allclose(probs, golden[f"memory/{m}/probs"], atol=1e-5)
+        np.testing.assert_allclose(score, 1.0 - probs[:, 0], atol=1e-6)
+        meta = session.get_modelmeta().custom_metadata_map
+        assert meta["model_version"] == manifest["model_version"]
