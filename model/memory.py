@@ -9,7 +9,16 @@ last 4 minutes in non-overlapping 16-s windows):
     codes (B, M, T*G) -> codebook vectors (B, M, T, D) -> Linear + ReLU per segment
     -> mean | max over T -> Linear + ReLU = one vector r_j per window (B, M, R)
     -> [r_0 | masked mean of r_0..r_1 | masked mean over M | masked max over M]
-    -> Linear + ReLU -> Linear -> logits (B, C)
+    -> Linear + ReLU -> Linear = a correction (B, C)
+    logits = log p_window + correction
+
+It is a correction of the window head: `window_probs` are the modality's window-head
+probabilities of the decided window (the window graph's `probs`, itself a function of that
+window's codes), and the correction's last layer starts at zero, so an untrained memory head
+decides exactly as the window head does and training only adds what the history says. (A
+memory head that decided from the codes alone was measured first: it raised validation
+macro-F1 as much but lost fast events such as eruptions at their onset, where the history is
+still normal: docs/results.md, "Memory over the shared codes".)
 
 It reads only code indices of the ONE shared codebook, so it is modality-agnostic by
 construction (a head trained on one sensor's history can read the other's: zero-shot), and a
@@ -28,6 +37,7 @@ from model.heads import anomaly_score
 
 NEAR_SLOTS = 2  # slots 0..1: the window and the one before it
 _NEG = -1e4  # fills absent slots before the max (finite: ONNX-friendly)
+PROB_FLOOR = 1e-6  # window probabilities are floored before the log
 
 
 class MemoryHead(nn.Module):
@@ -67,12 +77,14 @@ class MemoryHead(nn.Module):
         self.dim = codes_per_window // segments * int(codebook.shape[1])  # D
         self.segment = nn.Linear(self.dim, hidden)
         self.window = nn.Linear(2 * hidden, hidden)
-        self.out = nn.Sequential(
-            nn.Linear(4 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
-        )
+        last = nn.Linear(hidden, n_classes)
+        nn.init.zeros_(last.weight)  # start as the window head
+        nn.init.zeros_(last.bias)
+        self.out = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.ReLU(), last)
 
-    def forward(self, codes: Tensor, present: Tensor) -> Tensor:
-        """Args: codes (B, M, T*G) int64 (any value where absent), present (B, M) 0/1 float.
+    def forward(self, codes: Tensor, present: Tensor, window_probs: Tensor) -> Tensor:
+        """Args: codes (B, M, T*G) int64 (any value where absent), present (B, M) 0/1 float,
+        window_probs (B, C) the window head's probabilities of slot 0's window.
 
         Returns:
             (B, C) logits.
@@ -87,11 +99,13 @@ class MemoryHead(nn.Module):
         mean = rp.sum(dim=1) / p.sum(dim=1).clamp(min=1.0)
         near = rp[:, :NEAR_SLOTS].sum(dim=1) / p[:, :NEAR_SLOTS].sum(dim=1).clamp(min=1.0)
         top = (rp + _NEG * (1.0 - p)).amax(dim=1)
-        return self.out(torch.cat([r[:, 0], near, mean, top], dim=-1))
+        correction = self.out(torch.cat([r[:, 0], near, mean, top], dim=-1))
+        return torch.log(window_probs.clamp(min=PROB_FLOOR)) + correction
 
 
 class MemoryScorer(nn.Module):
-    """What the export wraps: (codes, present) -> (probs, score = 1 - p(normal)). Frozen."""
+    """What the export wraps: (codes, present, window_probs) -> (probs, score = 1 - p(normal)).
+    Frozen."""
 
     def __init__(self, head: MemoryHead) -> None:
         super().__init__()
@@ -103,6 +117,8 @@ class MemoryScorer(nn.Module):
         """Keep eval behaviour whatever `mode` is."""
         return super().train(False)
 
-    def forward(self, codes: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-        probs = self.head(codes, present).softmax(dim=-1)
+    def forward(
+        self, codes: Tensor, present: Tensor, window_probs: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        probs = self.head(codes, present, window_probs).softmax(dim=-1)
         return probs, anomaly_score(probs)

@@ -35,7 +35,11 @@ BUNDLE_FORMAT = "furnace-sentinel-bundle"
 SUPPORTED_VERSIONS = (1,)
 INPUT_NAMES = {"current": ("current_a", "baseline_a"), "camera": ("frames",)}
 OUTPUT_NAMES = ("codes", "quantized", "probs", "score", "segment_scores")
-MEMORY_INPUTS = (("codes", "tensor(int64)"), ("present", "tensor(float)"))
+MEMORY_INPUTS = (
+    ("codes", "tensor(int64)"),
+    ("present", "tensor(float)"),
+    ("window_probs", "tensor(float)"),
+)
 MEMORY_OUTPUTS = ("probs", "score")
 MAX_MEMORY_SLOTS = 1024
 MAX_MEMORY_STRIDE = 100_000
@@ -222,13 +226,14 @@ def _parse_manifest(root: Path, data: bytes) -> Manifest:
         msg += f"{window.long_baseline_seconds:g}); re-export the bundle"
         raise BundleError(msg)
     codes_per_segment = _int(raw, "codes_per_segment", where) if "codes_per_segment" in raw else 1
+    class_names = _class_names(raw, where)
     return Manifest(
         folder=root,
         name=_str(raw, "name", where),
         model_version=_str(raw, "model_version", where),
         format_version=int(version),
         window=window,
-        class_names=_class_names(raw, where),
+        class_names=class_names,
         codebook_size=_int(raw, "codebook_size", where),
         code_dim=_int(raw, "code_dim", where),
         codes_per_segment=codes_per_segment,
@@ -247,6 +252,7 @@ def _parse_manifest(root: Path, data: bytes) -> Manifest:
             window,
             window.segments * codes_per_segment,
             graphs,
+            len(class_names),
         ),
     )
 
@@ -414,6 +420,7 @@ def _memory(
     window: WindowSpec,
     codes_per_window: int,
     window_graphs: dict[str, GraphSpec],
+    n_classes: int,
 ) -> MemorySpec | None:
     """The optional `memory` section (module docstring); None when the manifest has none."""
     if raw.get("memory") is None:
@@ -456,10 +463,11 @@ def _memory(
         outs = tuple(t.name for t in spec.outputs)
         if outs != MEMORY_OUTPUTS:
             raise _fail(w, f"graphs.{m}.outputs", f"must be {MEMORY_OUTPUTS}, got {outs}")
-        for t, want in zip(spec.inputs, ((slots, width), (slots,)), strict=True):
+        shapes = ((slots, width), (slots,), (n_classes,))
+        for t, want in zip(spec.inputs, shapes, strict=True):
             if not _shape_fits(t.shape, want):
-                msg = f"{t.name} has shape {list(t.shape)}, but slots {slots} and "
-                msg += f"codes_per_window {width} need [null, {', '.join(map(str, want))}]"
+                msg = f"{t.name} has shape {list(t.shape)}, but slots {slots}, codes_per_window "
+                msg += f"{width} and {n_classes} classes need [null, {', '.join(map(str, want))}]"
                 raise _fail(w, f"graphs.{m}.inputs", msg)
         if spec.file in used:
             raise _fail(w, f"graphs.{m}.file", f"{spec.file!r} is already another graph's file")

@@ -18,14 +18,15 @@ from typing import Any
 @dataclass(frozen=True)
 class ModalityResult:
     """One modality's view of a window. With a memory head (docs/service.md "Memory"),
-    `probs` and `score` are the memory graph's and `window_score` keeps the window graph's own
-    score (diagnostics); without one `window_score` is None."""
+    `probs` and `score` are the memory graph's and `window_score` / `window_probs` keep the
+    window graph's own (diagnostics); without one they are None."""
 
     codes: list[int]
     probs: list[float]
     score: float
     segment_scores: list[float]
     window_score: float | None = None
+    window_probs: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Detection:
                     score=float(r["score"]),
                     segment_scores=[float(s) for s in r["segment_scores"]],
                     window_score=_float_or_none(r.get("window_score")),
+                    window_probs=_floats_or_none(r.get("window_probabilities")),
                 )
                 for m, r in (data.get("per_modality") or {}).items()
             }
@@ -140,13 +142,20 @@ def _modality_dict(r: ModalityResult, class_names: tuple[str, ...]) -> dict[str,
         "probabilities": dict(zip(class_names, r.probs, strict=False)),
         "segment_scores": r.segment_scores,
     }
-    if r.window_score is not None:  # a memory head decided: the window graph's own score
+    if r.window_score is not None:  # a memory head decided: the window graph's own view
         out["window_score"] = r.window_score
+    if r.window_probs is not None:
+        out["window_probabilities"] = dict(zip(class_names, r.window_probs, strict=False))
     return out
 
 
 def _float_or_none(x: Any) -> float | None:
     return None if x is None else float(x)
+
+
+def _floats_or_none(x: Any) -> list[float] | None:
+    """A stored probability mapping (in class order) as a list, or None."""
+    return None if x is None else [float(v) for v in x.values()]
 
 
 def _finite(x: float | None) -> float | None:

@@ -41,6 +41,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from service.bundle import (
+    MEMORY_INPUTS,
     MEMORY_OUTPUTS,
     OUTPUT_NAMES,
     RATIO_FLOOR,
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 Observer = Callable[[str, float, int], None]
 GOLDEN_PROB_TOL = 1e-3
+MEMORY_INPUT_NAMES = tuple(name for name, _ in MEMORY_INPUTS)
 GOLDEN_CODE_AGREEMENT = 0.95  # near-ties may flip across CPUs (docs/design/serving.md 3.3)
 
 
@@ -164,7 +166,11 @@ class Engine:
             msg = f"{path}: inputs {got_in} / outputs {got_out} differ from the manifest's "
             msg += f"{want_in} / {list(MEMORY_OUTPUTS)}"
             raise BundleError(msg)
-        want = {"codes": (memory.slots, memory.codes_per_window), "present": (memory.slots,)}
+        want = {
+            "codes": (memory.slots, memory.codes_per_window),
+            "present": (memory.slots,),
+            "window_probs": (len(self.manifest.class_names),),
+        }
         for i in session.get_inputs():
             dims = [d if isinstance(d, int) else None for d in i.shape]
             if len(dims) != len(want[i.name]) + 1 or any(
@@ -209,7 +215,7 @@ class Engine:
                 raise BundleError(msg)
         for m, session in self.memory_sessions.items():
             try:
-                feeds = {n: data[f"memory/{m}/{n}"] for n in ("codes", "present")}
+                feeds = {n: data[f"memory/{m}/{n}"] for n in MEMORY_INPUT_NAMES}
                 ref_probs = data[f"memory/{m}/probs"]
             except KeyError as exc:
                 msg = f"{path}: no golden array {exc} for the {m} memory graph"
@@ -236,12 +242,16 @@ class Engine:
         return result
 
     def run_memory(
-        self, modality: str, codes: NDArray[np.int64], present: NDArray[np.float32]
+        self,
+        modality: str,
+        codes: NDArray[np.int64],
+        present: NDArray[np.float32],
+        window_probs: NDArray[np.float32],
     ) -> dict[str, NDArray[Any]]:
-        """One batched run of a modality's memory graph; refuses non-finite outputs."""
-        out = self.memory_sessions[modality].run(
-            list(MEMORY_OUTPUTS), {"codes": codes, "present": present}
-        )
+        """One batched run of a modality's memory graph (the history's codes and presence,
+        the window graph's probabilities of slot 0); refuses non-finite outputs."""
+        feeds = {"codes": codes, "present": present, "window_probs": window_probs}
+        out = self.memory_sessions[modality].run(list(MEMORY_OUTPUTS), feeds)
         result = dict(zip(MEMORY_OUTPUTS, out, strict=True))
         for name, value in result.items():
             if not np.isfinite(value).all():
@@ -306,7 +316,8 @@ class Engine:
         index = sorted(results)
         batch = [(windows[i].furnace_id, windows[i].end, results[i].codes) for i in index]
         codes, present = history.gather(modality, batch)
-        out = self.run_memory(modality, codes, present)
+        window_probs = np.asarray([results[i].probs for i in index], np.float32)
+        out = self.run_memory(modality, codes, present, window_probs)
         for k, i in enumerate(index):
             r = results[i]
             results[i] = replace(
@@ -314,6 +325,7 @@ class Engine:
                 probs=out["probs"][k].astype(float).tolist(),
                 score=float(out["score"][k]),
                 window_score=r.score,
+                window_probs=r.probs,
             )
 
     @staticmethod

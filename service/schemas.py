@@ -65,6 +65,11 @@ class ModalityOut(BaseModel):
         description="with a memory head (the manifest's `memory`): the window graph's own "
         "score; `score` and `probabilities` are then the memory head's",
     )
+    window_probabilities: dict[str, float] | None = Field(
+        None,
+        description="with a memory head: the window graph's own probabilities (what the "
+        "memory head corrected)",
+    )
 
 
 class EpisodeOut(BaseModel):

@@ -53,6 +53,7 @@ class History(NamedTuple):
 
     codes: NDArray[np.int64]  # (N, M, K) codes, 0 where absent
     present: NDArray[np.float32]  # (N, M) 1 where the slot's window exists
+    window_probs: NDArray[np.float32]  # (N, C) the window head's probabilities of slot 0
     label: NDArray[np.int64]  # (N,)
     rows: NDArray[np.int64]  # (N,) the windows' rows in the Windows they came from
 
@@ -88,13 +89,20 @@ def history_index(
 
 
 def build_history(
-    w: Windows, codes: NDArray[np.int64], modality: str, *, hop_s: float, cfg: MemoryConfig
+    w: Windows,
+    codes: NDArray[np.int64],
+    probs: NDArray[np.float32],
+    modality: str,
+    *,
+    hop_s: float,
+    cfg: MemoryConfig,
 ) -> History:
     """The windows of `modality` that are valid, with the codes of their history.
 
     Args:
         w: the windows.
         codes: (W, K) the modality's codes of every window (any value where not valid).
+        probs: (W, C) the modality's window-head probabilities (any value where not valid).
         modality: which sensor.
         hop_s: the windows' hop.
         cfg: slots and stride.
@@ -107,7 +115,8 @@ def build_history(
     idx = idx[keep]
     present = (idx >= 0).astype(np.float32)
     hist = np.where(present[..., None] > 0, codes[np.clip(idx, 0, None)], 0).astype(np.int64)
-    return History(hist, present, w.label[keep].astype(np.int64), keep)
+    window_probs = probs[keep].astype(np.float32)
+    return History(hist, present, window_probs, w.label[keep].astype(np.int64), keep)
 
 
 def concat(parts: list[History]) -> History:
@@ -119,7 +128,7 @@ def predict(head: MemoryHead, h: History, *, batch: int = 2048) -> NDArray[np.fl
     """(N, C) probabilities."""
     head.eval()
     out = [
-        head(torch.from_numpy(h.codes[s : s + batch]), torch.from_numpy(h.present[s : s + batch]))
+        head(*(torch.from_numpy(a[s : s + batch]) for a in (h.codes, h.present, h.window_probs)))
         .softmax(-1)
         .double()
         .numpy()
@@ -147,10 +156,12 @@ def train_memory_head(
     progress: bool = True,
     desc: str = "memory head",
 ) -> tuple[MemoryHead, dict[str, float]]:
-    """Train one memory head; keep the epoch with the best validation macro-F1 (AUROC breaks
-    ties). Earlier slots are hidden at random (`slot_dropout`) and, every other epoch, the
-    history is cut to a random length, so the head also decides well with the short or gappy
-    history of a furnace's first minutes, a sensor fault or a service restart.
+    """Train one memory head (a correction of the window head, which it equals before the
+    first step); keep the epoch with the best validation macro-F1 (AUROC breaks ties; epoch
+    -1, the window head itself, is a candidate too). Earlier slots are hidden at random
+    (`slot_dropout`) and, every other epoch, the history is cut to a random length, so the
+    head also decides well with the short or gappy history of a furnace's first minutes, a
+    sensor fault or a service restart.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -166,9 +177,12 @@ def train_memory_head(
     opt = torch.optim.Adam(params, lr=cfg.lr)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(train.label, n_classes))
     codes, present = torch.from_numpy(train.codes), torch.from_numpy(train.present)
+    window_probs = torch.from_numpy(train.window_probs)
     y = torch.from_numpy(train.label)
     order_slots = torch.arange(cfg.slots)[None]
-    best, best_state, best_fig = (-1.0, -1.0), copy.deepcopy(head.state_dict()), {}
+    f1, au = _figures(head, val)
+    best, best_state = (f1, au), copy.deepcopy(head.state_dict())
+    best_fig = {"epoch": -1.0, "macro_f1": f1, "auroc": au}
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
         head.train()
@@ -180,7 +194,7 @@ def train_memory_head(
             if epoch % 2:
                 length = torch.randint(1, cfg.slots + 1, (len(b), 1), generator=gen)
                 keep = keep * (order_slots < length).float()
-            loss = loss_fn(head(codes[b], present[b] * keep), y[b])
+            loss = loss_fn(head(codes[b], present[b] * keep, window_probs[b]), y[b])
             opt.zero_grad()
             loss.backward()
             opt.step()

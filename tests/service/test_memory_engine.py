@@ -232,7 +232,9 @@ def test_scoring_with_memory_reads_the_furnace_history(engine: Engine) -> None:
             for j in range(n):
                 codes[0, j] = dets[k - j].per_modality[m].codes
                 present[0, j] = 1.0
-            out = engine.run_memory(m, codes, present)
+            assert r.window_probs is not None and r.window_probs == a.window_probs
+            own = np.asarray([r.window_probs], np.float32)
+            out = engine.run_memory(m, codes, present, own)
             assert np.allclose(out["probs"][0], r.probs, atol=1e-6), (k, m)
             if k == 0:
                 assert np.allclose(r.probs, a.probs, atol=1e-6)

@@ -39,10 +39,20 @@ def test_absent_slots_do_not_change_the_output() -> None:
     present = torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 5)
     other = codes.clone()
     other[:, 2:] = torch.randint(0, 8, (5, 2, 4))
+    own = torch.softmax(torch.randn(5, 3), -1)
+    torch.nn.init.normal_(head.out[2].weight)  # a trained correction (it starts at zero)
     with torch.no_grad():
-        assert torch.allclose(head(codes, present), head(other, present), atol=1e-6)
+        assert torch.allclose(head(codes, present, own), head(other, present, own), atol=1e-6)
         more = torch.ones(5, 4)
-        assert not torch.allclose(head(codes, present), head(codes, more), atol=1e-4)
+        assert not torch.allclose(head(codes, present, own), head(codes, more, own), atol=1e-4)
+
+
+def test_an_untrained_head_decides_as_the_window_head() -> None:
+    head = _head().eval()
+    own = torch.softmax(torch.randn(5, 3), -1)
+    codes, present = torch.randint(0, 8, (5, 4, 4)), torch.ones(5, 4)
+    with torch.no_grad():
+        assert torch.allclose(head(codes, present, own).softmax(-1), own, atol=1e-6)
 
 
 def test_head_rejects_codes_that_do_not_split_into_segments() -> None:
@@ -58,7 +68,8 @@ def test_training_learns_a_condition_that_only_history_shows() -> None:
     label = rng.integers(0, 2, n)
     codes[label == 1, 2, :] = 7
     present = np.ones((n, slots), np.float32)
-    h = History(codes.astype(np.int64), present, label.astype(np.int64), np.arange(n))
+    own = np.full((n, 2), 0.5, np.float32)  # the window head cannot tell
+    h = History(codes.astype(np.int64), present, own, label.astype(np.int64), np.arange(n))
     train, val = (
         History(*(getattr(h, f)[s] for f in History._fields))
         for s in (slice(0, 900), slice(900, None))
@@ -82,10 +93,11 @@ def test_memory_bundle_records_and_runs_its_memory_graphs(tiny_memory_bundle: Pa
         assert spec["file"] in manifest["files"]
         assert memory["parity"][m]["max_prob_diff"] < 1e-4
         session = ort.InferenceSession(str(tiny_memory_bundle / spec["file"]))
-        assert [i.name for i in session.get_inputs()] == ["codes", "present"]
-        codes, present = golden[f"memory/{m}/codes"], golden[f"memory/{m}/present"]
-        assert codes.shape[1:] == (memory["slots"], memory["codes_per_window"])
-        probs, score = session.run(["probs", "score"], {"codes": codes, "present": present})
+        names = ["codes", "present", "window_probs"]
+        assert [i.name for i in session.get_inputs()] == names
+        feeds = {n: golden[f"memory/{m}/{n}"] for n in names}
+        assert feeds["codes"].shape[1:] == (memory["slots"], memory["codes_per_window"])
+        probs, score = session.run(["probs", "score"], feeds)
         np.testing.assert_allclose(probs, golden[f"memory/{m}/probs"], atol=1e-5)
         np.testing.assert_allclose(score, 1.0 - probs[:, 0], atol=1e-6)
         meta = session.get_modelmeta().custom_metadata_map

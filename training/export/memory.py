@@ -54,7 +54,7 @@ from training.run import split_for, subsample
 
 logger = logging.getLogger(__name__)
 
-MEMORY_INPUTS = ("codes", "present")
+MEMORY_INPUTS = ("codes", "present", "window_probs")
 MEMORY_OUTPUTS = ("probs", "score")
 GOLDEN_HISTORIES = 8  # per modality
 PARITY_HISTORIES = 2000
@@ -64,18 +64,22 @@ def graph_file(modality: str) -> str:
     return f"memory_{modality}.onnx"
 
 
-def bundle_codes(folder: Path, w: Windows, *, progress: bool = True) -> dict[str, Any]:
-    """Per modality, (W, K) codes of every valid window from the bundle's own graph."""
+def bundle_codes(
+    folder: Path, w: Windows, n_classes: int, *, progress: bool = True
+) -> dict[str, tuple[NDArray[np.int64], NDArray[np.float32]]]:
+    """Per modality, (W, K) codes and (W, C) window-head probabilities of every valid window
+    from the bundle's own graph (zeros where not valid)."""
     out = {}
     for m in MODALITIES:
         session = session_for(folder / f"{m}.onnx")
         idx = np.flatnonzero(valid_for(w, m))
         k = int(session.get_outputs()[0].shape[1])
         codes = np.zeros((len(w), k), np.int64)
+        probs = np.zeros((len(w), n_classes), np.float32)
         for s in tqdm(range(0, idx.size, 512), desc=f"{m} codes", disable=not progress):
             b = idx[s : s + 512]
-            codes[b] = session.run(["codes"], scorer_inputs(w, m, b))[0]
-        out[m] = codes
+            codes[b], probs[b] = session.run(["codes", "probs"], scorer_inputs(w, m, b))
+        out[m] = (codes, probs)
     return out
 
 
@@ -101,7 +105,9 @@ def graph_codebook(folder: Path, w: Windows, shape: tuple[int, int]) -> NDArray[
 def export_memory_graph(head: MemoryHead, example: History, path: Path) -> None:
     """Write one memory graph with a dynamic batch axis (example batch >= 2)."""
     scorer = MemoryScorer(head)
-    args = (torch.from_numpy(example.codes), torch.from_numpy(example.present))
+    args = tuple(
+        torch.from_numpy(a) for a in (example.codes, example.present, example.window_probs)
+    )
     batch = Dim("batch")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -111,7 +117,7 @@ def export_memory_graph(head: MemoryHead, example: History, path: Path) -> None:
             str(path),
             input_names=list(MEMORY_INPUTS),
             output_names=list(MEMORY_OUTPUTS),
-            dynamic_shapes=({0: batch}, {0: batch}),
+            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
             dynamo=True,
             external_data=False,
         )
@@ -119,8 +125,9 @@ def export_memory_graph(head: MemoryHead, example: History, path: Path) -> None:
 
 def memory_parity(head: MemoryHead, session: ort.InferenceSession, h: History) -> dict[str, float]:
     ref = predict(head, h)
+    arrays: tuple[NDArray[Any], ...] = (h.codes, h.present, h.window_probs)
     feeds = (
-        {"codes": h.codes[s : s + 512], "present": h.present[s : s + 512]}
+        {n: a[s : s + 512] for n, a in zip(MEMORY_INPUTS, arrays, strict=True)}
         for s in range(0, len(h.label), 512)
     )
     got = np.concatenate([session.run(["probs"], f)[0] for f in feeds])
@@ -179,9 +186,10 @@ def add_memory(
     )
     hist: dict[str, dict[str, History]] = {"train": {}, "val": {}}
     for split, w in (("train", data.train), ("val", data.val)):
-        codes = bundle_codes(folder, w, progress=progress)
+        encoded = bundle_codes(folder, w, n_classes, progress=progress)
         for m in MODALITIES:
-            hist[split][m] = build_history(w, codes[m], m, hop_s=hop, cfg=cfg)
+            codes, own = encoded[m]
+            hist[split][m] = build_history(w, codes, own, m, hop_s=hop, cfg=cfg)
     heads, figures = {}, {}
     for source in ("current", "camera", "both"):
         mods = source_modalities(source)
@@ -226,6 +234,7 @@ def add_memory(
         golden |= {
             f"memory/{m}/codes": example.codes,
             f"memory/{m}/present": example.present,
+            f"memory/{m}/window_probs": example.window_probs,
             f"memory/{m}/probs": predict(head, example).astype(np.float32),
         }
         graphs[m] = {
