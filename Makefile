@@ -104,4 +104,6 @@ model: runs/default/checkpoint.pt data/test/dataset.json data/cal/dataset.json d
 		--metrics out/eval/metrics.json --no-alert-calibration --signing-key $(SIGNING_KEY)
 	$(BIN)/furnace calibrate-alerts --bundle models/default --data data/train --furnaces val \
 		--data data/cal --furnaces all --signing-key $(SIGNING_KEY)
+	$(BIN)/furnace memory --bundle models/default --data data/train --role name \
+		--signing-key $(SIGNING_KEY)
 	$(BIN)/furnace scorecard --bundle models/default --data data/score12 --out out/scorecard

@@ -286,6 +286,7 @@ def _memory(args: argparse.Namespace) -> int:
         cfg=cfg,
         signing_key=args.signing_key,
         threads=args.threads,
+        role=args.role,
     )
     folder = args.out or args.bundle
     seconds = memory["slots"] * memory["stride_windows"] * memory["hop_seconds"]
@@ -300,6 +301,9 @@ def _memory(args: argparse.Namespace) -> int:
             f"  {m:7s} head '{head}': validation macro-F1 {fig['macro_f1']:.3f}, "
             f"ORT vs torch max |dp| {memory['parity'][m]['max_prob_diff']:.1e}"
         )
+    if args.role == "name":
+        print("  role 'name': the window heads still decide; thresholds and alert policy kept")
+        return 0
     if args.no_alert_calibration:
         print(f"  alert policy dropped: run furnace calibrate-alerts --bundle {folder}")
         return 0
@@ -674,6 +678,14 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--stride", type=int, default=8, help="hops between them (8 = 16 s)")
     me.add_argument("--epochs", type=int, default=10, help="training epochs per head (10)")
     me.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
+    me.add_argument(
+        "--role",
+        choices=("decide", "name"),
+        default="decide",
+        help="decide: the memory heads' scores and probabilities replace the window heads' "
+        "(thresholds recalibrated); name: their probabilities name the condition, the window "
+        "heads' scores still decide (thresholds and alert policy kept)",
+    )
     me.add_argument(
         "--no-alert-calibration",
         action="store_true",

@@ -35,6 +35,10 @@ BUNDLE_FORMAT = "furnace-sentinel-bundle"
 SUPPORTED_VERSIONS = (1,)
 INPUT_NAMES = {"current": ("current_a", "baseline_a"), "camera": ("frames",)}
 OUTPUT_NAMES = ("codes", "quantized", "probs", "score", "segment_scores")
+# "decide": the memory head's probabilities and score replace the window graph's (detection and
+# naming); "name": they replace the probabilities only (the condition), the window graph's
+# score still decides whether a window is abnormal (docs/export.md, "Memory heads").
+MEMORY_ROLES = ("decide", "name")
 MEMORY_INPUTS = (
     ("codes", "tensor(int64)"),
     ("present", "tensor(float)"),
@@ -77,6 +81,7 @@ class MemorySpec:
     codes_per_window: int  # segments x codes_per_segment
     graphs: dict[str, GraphSpec]  # modality -> its memory graph
     heads: dict[str, str]  # modality -> the label source of its head (information only)
+    role: str = "decide"  # MEMORY_ROLES: what the memory heads' probabilities are used for
 
     @property
     def span_seconds(self) -> float:
@@ -477,7 +482,10 @@ def _memory(
     if not isinstance(heads_raw, dict):
         raise _fail(w, "heads", "must be an object")
     heads = {str(k): str(v) for k, v in heads_raw.items()}
-    return MemorySpec(slots, stride, hop, width, graphs, heads)
+    role = section.get("role", "decide")
+    if role not in MEMORY_ROLES:
+        raise _fail(w, "role", f"must be one of {MEMORY_ROLES}, got {role!r}")
+    return MemorySpec(slots, stride, hop, width, graphs, heads, role)
 
 
 def _shape_fits(shape: tuple[int | None, ...], want: tuple[int, ...]) -> bool:

@@ -22,8 +22,10 @@ under candidate thresholds, so there is no second copy.
 
 Memory heads (the manifest's optional `memory`, docs/service.md "Memory"): after a modality's
 window graph has run, its codes go into the engine's `CodeHistory` (service/memory.py) and the
-modality's memory graph decides from them and the codes of earlier windows of the same furnace;
-its probabilities and score replace the window graph's (`window_score` keeps the latter). The
+modality's memory graph corrects the window graph's probabilities with them and the codes of
+earlier windows of the same furnace. Role "decide": its probabilities and score replace the
+window graph's; role "name": its probabilities replace the window graph's (the condition) and
+the window graph's score still decides (`window_probs` / `window_score` keep the latter). The
 history is the one mutable part of an engine; offline replays pass their own (`new_history`).
 """
 
@@ -309,8 +311,9 @@ class Engine:
         history: CodeHistory | None,
     ) -> None:
         """With memory heads: store the batch's codes, run the memory graph on each window's
-        slots and put its probabilities and score in place of the window graph's (kept as
-        `window_score`). Without them, nothing."""
+        slots and put its probabilities (role "name") or its probabilities and score (role
+        "decide") in place of the window graph's (kept as `window_probs`, `window_score`).
+        Without them, nothing."""
         if not self.memory_sessions or history is None or not results:
             return
         index = sorted(results)
@@ -318,12 +321,13 @@ class Engine:
         codes, present = history.gather(modality, batch)
         window_probs = np.asarray([results[i].probs for i in index], np.float32)
         out = self.run_memory(modality, codes, present, window_probs)
+        decides = self.manifest.memory is not None and self.manifest.memory.role == "decide"
         for k, i in enumerate(index):
             r = results[i]
             results[i] = replace(
                 r,
                 probs=out["probs"][k].astype(float).tolist(),
-                score=float(out["score"][k]),
+                score=float(out["score"][k]) if decides else r.score,
                 window_score=r.score,
                 window_probs=r.probs,
             )

@@ -69,15 +69,27 @@ def resolve_bundle(
 
 def resolve_memory_bundle(request: pytest.FixtureRequest, bundle_dir: Path) -> Path:
     """FURNACE_TEST_MEMORY_BUNDLE, else `bundle_dir` when its manifest has a `memory` section
-    (models/default once it ships memory heads), else the tiny bundle with memory heads
-    (`tiny_memory_bundle`)."""
+    (a copy with role "decide" when its role is "name", as models/default's), else the tiny
+    bundle with memory heads (`tiny_memory_bundle`)."""
     override = os.environ.get("FURNACE_TEST_MEMORY_BUNDLE")
     if override:
         return Path(override)
-    if json.loads((bundle_dir / "manifest.json").read_text()).get("memory") is not None:
+    memory = json.loads((bundle_dir / "manifest.json").read_text()).get("memory")
+    if memory is None:
+        tiny: Path = request.getfixturevalue("tiny_memory_bundle")
+        return tiny
+    if memory.get("role", "decide") == "decide":
         return bundle_dir
-    tiny: Path = request.getfixturevalue("tiny_memory_bundle")
-    return tiny
+    # models/default names with its memory heads (role "name"); the memory tests read the
+    # role that decides too: the same graphs with the role changed, re-signed
+    root: Path = request.getfixturevalue("tmp_path_factory").mktemp("memory-decide")
+    dest = root / bundle_dir.name
+    shutil.copytree(bundle_dir, dest)
+    raw = json.loads((dest / "manifest.json").read_text())
+    raw["memory"]["role"] = "decide"
+    (dest / "manifest.json").write_text(json.dumps(raw, indent=2))
+    dev_sign(dest)
+    return dest
 
 
 def _stable_copy(bundle: Path, root: Path, attempts: int = 20) -> Path:

@@ -101,6 +101,10 @@ def _renamed_input(folder: Path) -> None:
     edit_manifest(folder, change)
 
 
+def _bad_role(folder: Path) -> None:
+    edit_manifest(folder, lambda raw: raw["memory"].update(role="vote"))
+
+
 def _window_graph_reused(folder: Path) -> None:
     def change(raw: dict[str, Any]) -> None:
         raw["memory"]["graphs"]["camera"]["file"] = raw["graphs"]["camera"]["file"]
@@ -121,6 +125,7 @@ def _window_graph_reused(folder: Path) -> None:
         (_no_camera_graph, "graphs.camera"),
         (_renamed_input, "graphs.current.inputs"),
         (_window_graph_reused, "already another graph's file"),
+        (_bad_role, "role"),
     ],
     ids=lambda v: v.__name__.strip("_") if callable(v) else None,
 )
@@ -203,6 +208,29 @@ def test_the_same_bundle_without_its_memory_section_scores_with_the_window_graph
             assert r.score == pytest.approx(mem.per_modality[m].window_score, abs=1e-6)
             assert r.codes == mem.per_modality[m].codes
         assert all("window_score" not in r for r in det.to_dict()["per_modality"].values())
+
+
+def test_role_name_names_with_the_memory_head_and_decides_with_the_window_graph(
+    memory_bundle: Path, engine: Engine, tmp_path: Path
+) -> None:
+    """Role "name": each modality's probabilities are the memory head's (the condition), its
+    score the window graph's (whether the window is abnormal), so the thresholds and alert
+    policy calibrated for the window heads still hold."""
+    folder = tmp_path / "name"
+    shutil.copytree(memory_bundle, folder)
+    edit_manifest(folder, lambda raw: raw["memory"].update(role="name"))
+    naming = Engine(folder)
+    assert naming.manifest.memory is not None and naming.manifest.memory.role == "name"
+    windows = synthetic_windows(naming.manifest.window, "f", stride_ends(engine, 6), seed=3)
+    named = naming.score(windows)
+    decided = engine.score(windows, history=engine.new_history())
+    assert engine.manifest.memory is not None and engine.manifest.memory.role == "decide"
+    for a, b in zip(named, decided, strict=True):
+        for m, r in a.per_modality.items():
+            other = b.per_modality[m]
+            assert r.probs == pytest.approx(other.probs, abs=1e-6)  # the memory head's
+            assert r.score == pytest.approx(other.window_score, abs=1e-6)  # the window graph's
+            assert r.window_score == pytest.approx(other.window_score, abs=1e-6)
 
 
 # --------------------------------------------------------------------- scoring

@@ -55,6 +55,7 @@ from training.run import split_for, subsample
 logger = logging.getLogger(__name__)
 
 MEMORY_INPUTS = ("codes", "present", "window_probs")
+MEMORY_ROLES = ("decide", "name")  # as service/bundle.py
 MEMORY_OUTPUTS = ("probs", "score")
 GOLDEN_HISTORIES = 8  # per modality
 PARITY_HISTORIES = 2000
@@ -147,9 +148,15 @@ def add_memory(
     signing_key: str | Path | None = None,
     progress: bool = True,
     threads: int | None = 1,
+    role: str = "decide",
 ) -> dict[str, Any]:
     """Train memory heads for `bundle` on `data_dir` (the run's training data) and write the
     bundle with them (in place, or a copy at `out`).
+
+    `role` "decide": the memory heads' probabilities and scores replace the window heads'
+    in the service, so the thresholds are calibrated again on them and the alert policy is
+    dropped; "name": they replace the probabilities only (which condition), the window heads'
+    scores still decide whether a window is abnormal, so thresholds and alert policy stay.
 
     `threads` sets torch's thread count (1, the default, reproduces a bundle exactly; None
     leaves it).
@@ -163,6 +170,9 @@ def add_memory(
     """
     t0 = time.perf_counter()
     cfg = cfg or MemoryConfig()
+    if role not in MEMORY_ROLES:
+        msg = f"role must be one of {MEMORY_ROLES}, got {role!r}"
+        raise ValueError(msg)
     if threads:
         torch.set_num_threads(threads)
     key = load_signing_key(signing_key) if signing_key is not None else None
@@ -210,15 +220,6 @@ def add_memory(
         msg = f"{data_dir}: no valid windows to train a memory head on"
         raise ValueError(msg)
     chosen, report = select_memory_heads(heads, hist["val"])
-    probs = {
-        m: (
-            full_probs(heads[chosen[m]], hist["val"][m], len(data.val), n_classes),
-            valid_for(data.val, m),
-        )
-        for m in MODALITIES
-    }
-    target_far = float(manifest["thresholds"].get("target_far", run_cfg.train.target_far))
-    cal = memory_thresholds(probs, data.val.label, target_far)
 
     golden = dict(np.load(folder / manifest["golden"]))
     graphs, parity = {}, {}
@@ -246,6 +247,7 @@ def add_memory(
     np.savez_compressed(folder / manifest["golden"], **golden)
 
     memory = {
+        "role": role,
         "slots": cfg.slots,
         "stride_windows": cfg.stride_windows,
         "hop_seconds": hop,
@@ -262,20 +264,33 @@ def add_memory(
             "seconds": round(time.perf_counter() - t0, 1),
         },
     }
-    new = {k: v for k, v in manifest.items() if k not in ("alert_policy", "thresholds_per_window")}
+    if role == "decide":
+        probs = {
+            m: (
+                full_probs(heads[chosen[m]], hist["val"][m], len(data.val), n_classes),
+                valid_for(data.val, m),
+            )
+            for m in MODALITIES
+        }
+        target_far = float(manifest["thresholds"].get("target_far", run_cfg.train.target_far))
+        cal = memory_thresholds(probs, data.val.label, target_far)
+        stale = ("alert_policy", "thresholds_per_window")
+        new = {k: v for k, v in manifest.items() if k not in stale}
+        new["window_thresholds"] = manifest["thresholds"]
+        new["thresholds"] = {
+            **{k: float(cal[k]) for k in ("current", "camera", "fused")},
+            "fusion": "max_ratio",
+            "target_far": target_far,
+        }
+    else:  # the window heads' scores still decide: thresholds and alert policy hold
+        new = dict(manifest)
     new["memory"] = memory
-    new["window_thresholds"] = manifest["thresholds"]
-    new["thresholds"] = {
-        **{k: float(cal[k]) for k in ("current", "camera", "fused")},
-        "fusion": "max_ratio",
-        "target_far": target_far,
-    }
     new["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     window_graphs = [manifest["graphs"][m]["file"] for m in MODALITIES]
     write_manifest(
         folder, new, graphs=[*window_graphs, *(graph_file(m) for m in MODALITIES)], signing_key=key
     )
-    if "alert_policy" in manifest:
+    if role == "decide" and "alert_policy" in manifest:
         logger.warning(
             "%s: the alert policy was calibrated for the window heads and is dropped; "
             "run furnace calibrate-alerts on this bundle",
