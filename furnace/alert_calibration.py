@@ -43,7 +43,11 @@ results, and then searches alert policies without running the model again:
   from visible (pooled), then the loosest (smallest factor grid positions, then the earlier
   (k, n)), then fewer false episodes. When no candidate meets the target the one with the
   fewest false episodes (then the lowest worst-setting rate, then as above) is taken and
-  the result says so (`met_target` False and a `note`). An alone factor of a setting not
+  the result says so (`met_target` False and a `note`). A candidate that would mute a
+  sensor is never taken: under max-ratio fusion a modality's ratio score / t_m' is at most
+  1 / t_m', so a fused threshold at or above it means that sensor can no longer raise an
+  alarm while both are healthy (`muted_modalities`); such candidates are skipped, since
+  either sensor raising the alarm is the rule's point. An alone factor of a setting not
   replayed stays at its grid's first value, as does an in-ratio factor when the both-sensor
   setting is not replayed.
 
@@ -360,6 +364,16 @@ class Candidate:
             current_alone=_shrink(base.current, self.current_alone) / max(current, RATIO_FLOOR),
             camera_alone=_shrink(base.camera, self.camera_alone) / max(camera, RATIO_FLOOR),
         )
+
+
+def muted_modalities(thr: Thresholds) -> tuple[str, ...]:
+    """Under max-ratio fusion, the modalities that can never make a two-sensor window
+    abnormal: score <= 1, so the ratio score / t_m is at most 1 / t_m, and a fused threshold
+    at or above that silences the modality (() under averaged fusion)."""
+    if thr.fusion != "max_ratio":
+        return ()
+    limits = {"current": thr.current, "camera": thr.camera}
+    return tuple(m for m, t in limits.items() if 1.0 / max(t, RATIO_FLOOR) <= thr.fused)
 
 
 def _shrink(t: float, factor: float) -> float:
@@ -726,6 +740,8 @@ def search(
 
     positions: dict[Candidate, tuple[int, ...]] = {}
     evaluated: list[Evaluation] = []
+    muted: set[Candidate] = set()
+    both = "both" in data.settings
 
     # step 2: the in-ratio factors with the alone ones fixed
     def run(prune: bool) -> None:
@@ -737,6 +753,9 @@ def search(
                 for c, fcam in enumerate(ratio):
                     for d, ff in enumerate(fused):
                         cand = Candidate(*kn, grid.m, fc, fcam, ff, alone[e], alone[f])
+                        if both and muted_modalities(cand.thresholds(base)):
+                            muted.add(cand)
+                            continue
                         if cand not in positions:
                             positions[cand] = (a, b, c, d, e, f)
                             evaluated.append(evaluate(cand))
@@ -749,6 +768,12 @@ def search(
     else:
         run(prune=False)  # nothing meets the target: the fewest false episodes of all
         ranked = sorted(evaluated, key=lambda e: _rank_fallback(e, positions[e.candidate]))
+    if muted:
+        logger.info("%d candidates skipped: they would mute a sensor", len(muted))
+    if not ranked:
+        msg = "every candidate mutes a sensor with both healthy (fused ratio threshold >= "
+        msg += f"1 / its threshold; base {base}): recalibrate the per-window thresholds"
+        raise CalibrationError(msg)
     chosen = ranked[0]
     # the shortcut (and the single-sensor outcomes reused across in-ratio factors) must
     # agree with a full replay of every window

@@ -23,6 +23,7 @@ from furnace.alert_calibration import (
     _looser,
     alone_score_thresholds,
     base_thresholds,
+    muted_modalities,
     replay_full,
     search,
 )
@@ -157,6 +158,31 @@ def test_every_setting_must_meet_the_target() -> None:
     res = search(data, target_per_hour=0.1, grid=Grid(kn=((3, 4), (4, 6)), margin=(1.0,)))
     assert (res.chosen.candidate.k, res.chosen.candidate.n) == (4, 6)
     assert res.chosen.settings["camera_only"].false_episodes == 0
+
+
+def test_a_candidate_that_mutes_a_sensor_is_never_taken() -> None:
+    """Both sensors healthy; the current sees an event (score 0.999, ratio 1.11 at t 0.9),
+    the camera blips (score 0.99). Camera factor 1.5 (t 0.867) and fused factor 1.15 would
+    remove the blip, but the current could then never reach the fused threshold (1 / 0.9 < 1.15): the
+    event is lost and the current silenced. That candidate is refused; the calibration says
+    the target is not met instead of muting a sensor."""
+    windows = []
+    for i in range(300):
+        cur = 0.999 if 150 <= i < 170 else 0.1
+        cam = 0.99 if 50 <= i < 55 else 0.1
+        both = {"current": _result(cur), "camera": _result(cam)}
+        windows.append(WindowResult(T0 + 16.0 + 2.0 * i, ("current", "camera"), both))
+    run = _furnace({}, [(300.0, 340.0)], settings=("both",))
+    run.windows["both"] = windows
+    data = _data(run, settings=("both",))
+    grid = Grid(kn=((3, 4),), margin=(1.0, 1.5), fused=(1.0, 1.15))
+    muted = Candidate(3, 4, current=1.0, camera=1.5, fused=1.15).thresholds(THR)
+    assert muted_modalities(muted) == ("current",)
+    res = search(data, target_per_hour=0.1, grid=grid)
+    assert not muted_modalities(res.chosen.candidate.thresholds(THR))
+    assert res.chosen.settings["both"].alerted == 1
+    assert not res.met_target  # the blip stays a false episode without muting the current
+    assert res.chosen.settings["both"].false_episodes == 1
 
 
 def test_a_strict_camera_alone_keeps_the_camera_in_the_two_sensor_rule() -> None:
