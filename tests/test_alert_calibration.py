@@ -163,9 +163,9 @@ def test_every_setting_must_meet_the_target() -> None:
 def test_a_candidate_that_mutes_a_sensor_is_never_taken() -> None:
     """Both sensors healthy; the current sees an event (score 0.999, ratio 1.11 at t 0.9),
     the camera blips (score 0.99). Camera factor 1.5 (t 0.867) and fused factor 1.15 would
-    remove the blip, but the current could then never reach the fused threshold (1 / 0.9 < 1.15): the
-    event is lost and the current silenced. That candidate is refused; the calibration says
-    the target is not met instead of muting a sensor."""
+    remove the blip, but the current could then never reach the fused threshold
+    (1 / 0.9 < 1.15): the event is lost and the current silenced. That candidate is refused;
+    the calibration says the target is not met instead of muting a sensor."""
     windows = []
     for i in range(300):
         cur = 0.999 if 150 <= i < 170 else 0.1
