@@ -669,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser(
         "memory",
         help="add memory heads (the last minutes of a furnace's shared codes) to a bundle, "
-        "trained on the codes of its own graphs; then recalibrates its alert policy",
+        "trained on the codes of its own graphs (role name: they name the condition)",
     )
     me.add_argument("--bundle", required=True, help="bundle folder (changed in place)")
     me.add_argument("--data", required=True, help="the run's training data (simulated)")
@@ -680,16 +680,17 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
     me.add_argument(
         "--role",
-        choices=("decide", "name"),
-        default="decide",
-        help="decide: the memory heads' scores and probabilities replace the window heads' "
-        "(thresholds recalibrated); name: their probabilities name the condition, the window "
-        "heads' scores still decide (thresholds and alert policy kept)",
+        choices=("name", "decide"),
+        default="name",
+        help="name (default): the memory heads' probabilities name the condition, the window "
+        "heads' scores still decide (thresholds and alert policy kept); decide: their scores "
+        "and probabilities replace the window heads' (thresholds and alert policy "
+        "recalibrated; docs/results.md)",
     )
     me.add_argument(
         "--no-alert-calibration",
         action="store_true",
-        help="leave the alert policy out (furnace calibrate-alerts does it later)",
+        help="role decide: leave the alert policy out (furnace calibrate-alerts does it later)",
     )
     _signing_key_option(
         me,

@@ -89,11 +89,14 @@ def tiny_bundle(
 def tiny_memory_bundle(
     tiny_bundle: Path, easy_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """`tiny_bundle` with memory heads added by `training.export.memory.add_memory` on its own
-    training data (about 25 s on 2 cores after the tiny run)."""
+    """`tiny_bundle` with memory heads (role "decide") added by
+    `training.export.memory.add_memory` on its own training data (about 25 s on 2 cores
+    after the tiny run)."""
     from training.export.memory import add_memory
 
     out = tmp_path_factory.mktemp("bundle") / "tiny-memory"
     key = Path(__file__).resolve().parents[1] / "keys" / "dev-bundle.key"
-    add_memory(tiny_bundle, easy_data["train"], out=out, signing_key=key, progress=False)
+    add_memory(
+        tiny_bundle, easy_data["train"], out=out, signing_key=key, progress=False, role="decide"
+    )
     return out

@@ -102,3 +102,28 @@ def test_memory_bundle_records_and_runs_its_memory_graphs(tiny_memory_bundle: Pa
         np.testing.assert_allclose(score, 1.0 - probs[:, 0], atol=1e-6)
         meta = session.get_modelmeta().custom_metadata_map
         assert meta["model_version"] == manifest["model_version"]
+
+
+def test_furnace_memory_names_and_keeps_the_policy(
+    tiny_bundle: Path, easy_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """`furnace memory` (role name, the default): the memory graphs join the bundle, the
+    thresholds and alert policy stay the window heads', and the service loads it."""
+    from service.engine import Engine
+    from tests.helpers.cli import run_cli
+
+    out = tmp_path / "named"
+    key = Path(__file__).resolve().parents[2] / "keys" / "dev-bundle.key"
+    args = ["memory", "--bundle", str(tiny_bundle), "--data", str(easy_data["train"])]
+    run, _ = run_cli([*args, "--out", str(out), "--epochs", "2", "--signing-key", str(key)])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "role 'name'" in run.stdout
+    before = json.loads((tiny_bundle / "manifest.json").read_text())
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["memory"]["role"] == "name"
+    assert after["thresholds"] == before["thresholds"]
+    assert after.get("alert_policy") == before.get("alert_policy")
+    assert "window_thresholds" not in after
+    assert after["model_version"] != before["model_version"]
+    engine = Engine(out)
+    assert engine.manifest.memory is not None and engine.manifest.memory.role == "name"

@@ -148,15 +148,16 @@ def add_memory(
     signing_key: str | Path | None = None,
     progress: bool = True,
     threads: int | None = 1,
-    role: str = "decide",
+    role: str = "name",
 ) -> dict[str, Any]:
     """Train memory heads for `bundle` on `data_dir` (the run's training data) and write the
     bundle with them (in place, or a copy at `out`).
 
-    `role` "decide": the memory heads' probabilities and scores replace the window heads'
-    in the service, so the thresholds are calibrated again on them and the alert policy is
-    dropped; "name": they replace the probabilities only (which condition), the window heads'
-    scores still decide whether a window is abnormal, so thresholds and alert policy stay.
+    `role` "name" (the default): the memory heads' probabilities replace the window heads'
+    probabilities only (which condition), the window heads' scores still decide whether a
+    window is abnormal, so thresholds and alert policy stay; "decide": their probabilities
+    and scores replace the window heads' in the service, so the thresholds are calibrated
+    again on them and the alert policy is dropped (docs/results.md: measured, not shipped).
 
     `threads` sets torch's thread count (1, the default, reproduces a bundle exactly; None
     leaves it).
