@@ -127,3 +127,5 @@ def test_furnace_memory_names_and_keeps_the_policy(
     assert after["model_version"] != before["model_version"]
     engine = Engine(out)
     assert engine.manifest.memory is not None and engine.manifest.memory.role == "name"
+    again, _ = run_cli([*args[:2], str(out), *args[3:], "--out", str(tmp_path / "twice")])
+    assert again.returncode != 0 and "already has memory heads" in again.stderr

@@ -167,7 +167,8 @@ def add_memory(
 
     Raises:
         FileNotFoundError: no bundle or no data.
-        ValueError: a bundle without a training record, or data without labelled windows.
+        ValueError: a bundle without a training record or with memory heads already, or
+            data without labelled windows.
     """
     t0 = time.perf_counter()
     cfg = cfg or MemoryConfig()
@@ -179,14 +180,18 @@ def add_memory(
     key = load_signing_key(signing_key) if signing_key is not None else None
     src = Path(bundle)
     manifest = json.loads((src / "manifest.json").read_text())
+    if "training" not in manifest or "config" not in manifest["training"]:
+        msg = f"{src}: the manifest has no training record; export the bundle with furnace export"
+        raise ValueError(msg)
+    if manifest.get("memory") is not None:
+        msg = f"{src} already has memory heads: start from the bundle without them (furnace "
+        msg += "export, then furnace calibrate-alerts, as make model does)"
+        raise ValueError(msg)
     folder = Path(out) if out is not None else src
     if folder != src:
         if folder.exists():
             shutil.rmtree(folder)
         shutil.copytree(src, folder)
-    if "training" not in manifest or "config" not in manifest["training"]:
-        msg = f"{src}: the manifest has no training record; export the bundle with furnace export"
-        raise ValueError(msg)
     run_cfg = config_from_dict(manifest["training"]["config"])
     hop = float(manifest["window"]["hop_seconds"])
     segments = int(manifest["window"]["segments"])
