@@ -139,6 +139,28 @@ def test_furnace_calibrate_on_a_plant_export_writes_a_verified_site_bundle(
 
 
 @pytest.mark.heavy
+def test_a_site_bundle_keeps_the_memory_heads(tiny_memory_bundle: Path, tmp_path: Path) -> None:
+    """`furnace calibrate` on a bundle with memory heads: the site bundle lists, hashes and
+    stamps the memory graphs too, the service loads it with them and they still read the
+    (re-normalised) current graph's codes."""
+    from service.engine import Engine
+    from service.signing import BundleTrust, read_key_file
+
+    out = tmp_path / "site"
+    args = ["calibrate", "--bundle", str(tiny_memory_bundle), "--normal", str(SAMPLE)]
+    run, _ = run_cli([*args, "--out", str(out), "--signing-key", str(DEV_KEY)])
+    assert run.returncode == 0, run.stderr
+    new = json.loads((out / "manifest.json").read_text())
+    memory = new["memory"]
+    for m in ("current", "camera"):
+        assert memory["graphs"][m]["file"] in new["files"]
+    engine = Engine(out, trust=BundleTrust.from_texts(read_key_file(DEV_PUBLIC_KEY)))
+    assert engine.has_memory and set(engine.memory_sessions) == {"current", "camera"}
+    meta = engine.memory_sessions["current"].get_modelmeta().custom_metadata_map
+    assert meta["model_version"] == new["model_version"]
+
+
+@pytest.mark.heavy
 def test_an_imported_dataset_calibrates_like_the_csv_and_old_bundles_say_what_to_do(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
