@@ -129,3 +129,29 @@ def test_furnace_memory_names_and_keeps_the_policy(
     assert engine.manifest.memory is not None and engine.manifest.memory.role == "name"
     again, _ = run_cli([*args[:2], str(out), *args[3:], "--out", str(tmp_path / "twice")])
     assert again.returncode != 0 and "already has memory heads" in again.stderr
+
+
+def test_a_sensor_without_labels_gets_the_other_sensors_memory_head_zero_shot() -> None:
+    """Labels for the current only: the camera's memory head is the current-labelled one (the
+    codes are shared, so it reads camera histories as they are), chosen as a zero-shot
+    fallback; with a `both` head the camera takes one trained with its labels."""
+    from training.memory import select_memory_heads
+
+    rng = np.random.default_rng(0)
+    n, slots = 40, 4
+    val = {
+        m: History(
+            rng.integers(0, 8, (n, slots, 4)).astype(np.int64),
+            np.ones((n, slots), np.float32),
+            np.full((n, 3), 1 / 3, np.float32),
+            rng.integers(0, 3, n).astype(np.int64),
+            np.arange(n),
+        )
+        for m in ("current", "camera")
+    }
+    chosen, report = select_memory_heads({"current": _head().eval()}, val)
+    assert chosen == {"current": "current", "camera": "current"}
+    assert report["camera"]["rule"] == "zero_shot_fallback"
+    assert report["current"]["rule"] == "best_validation_macro_f1"
+    chosen, report = select_memory_heads({"current": _head(), "both": _head()}, val)
+    assert chosen["camera"] == "both" and report["camera"]["rule"] == "best_validation_macro_f1"
