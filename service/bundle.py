@@ -68,6 +68,17 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
 
 
+def memory_input_shapes(
+    slots: int, codes_per_window: int, n_classes: int
+) -> dict[str, tuple[int, ...]]:
+    """Each memory-graph input's dimensions after the batch, by name (MEMORY_INPUTS)."""
+    return {
+        "codes": (slots, codes_per_window),
+        "present": (slots,),
+        "window_probs": (n_classes,),
+    }
+
+
 @dataclass(frozen=True)
 class MemorySpec:
     """The manifest's optional `memory` section: per modality a graph reading the codes of
@@ -82,6 +93,10 @@ class MemorySpec:
     graphs: dict[str, GraphSpec]  # modality -> its memory graph
     heads: dict[str, str]  # modality -> the label source of its head (information only)
     role: str = "decide"  # MEMORY_ROLES: what the memory heads' probabilities are used for
+
+    def input_shapes(self, n_classes: int) -> dict[str, tuple[int, ...]]:
+        """Each memory-graph input's dimensions after the batch."""
+        return memory_input_shapes(self.slots, self.codes_per_window, n_classes)
 
     @property
     def span_seconds(self) -> float:
@@ -398,17 +413,22 @@ def _tensor_specs(raw: Any, where: str) -> tuple[TensorSpec, ...]:
     return tuple(out)
 
 
+def _graph_spec(graphs: dict[str, Any], modality: str, where: str) -> GraphSpec:
+    """One modality's entry of a `graphs` object: file, inputs, outputs."""
+    g = graphs.get(modality)
+    if not isinstance(g, dict):
+        raise _fail(where, f"graphs.{modality}", "is missing")
+    return GraphSpec(
+        file=_file_name(_str(g, "file", where), where),
+        inputs=_tensor_specs(g.get("inputs"), f"{where} graphs.{modality}"),
+        outputs=_tensor_specs(g.get("outputs"), f"{where} graphs.{modality}"),
+    )
+
+
 def _graphs(raw: dict[str, Any], where: str) -> dict[str, GraphSpec]:
     graphs = {}
     for m in MODALITIES:
-        g = raw.get(m)
-        if not isinstance(g, dict):
-            raise _fail(where, f"graphs.{m}", "is missing")
-        spec = GraphSpec(
-            file=_file_name(_str(g, "file", where), where),
-            inputs=_tensor_specs(g.get("inputs"), f"{where} graphs.{m}"),
-            outputs=_tensor_specs(g.get("outputs"), f"{where} graphs.{m}"),
-        )
+        spec = _graph_spec(raw, m, where)
         names = tuple(t.name for t in spec.inputs)
         if names != INPUT_NAMES[m]:
             raise _fail(where, f"graphs.{m}.inputs", f"must be {INPUT_NAMES[m]}, got {names}")
@@ -454,23 +474,17 @@ def _memory(
     graphs: dict[str, GraphSpec] = {}
     used = {g.file for g in window_graphs.values()}
     for m in MODALITIES:
-        g = graphs_raw.get(m)
-        if not isinstance(g, dict):
-            raise _fail(w, f"graphs.{m}", "is missing")
-        spec = GraphSpec(
-            file=_file_name(_str(g, "file", w), w),
-            inputs=_tensor_specs(g.get("inputs"), f"{w} graphs.{m}"),
-            outputs=_tensor_specs(g.get("outputs"), f"{w} graphs.{m}"),
-        )
+        spec = _graph_spec(graphs_raw, m, w)
         ins = tuple((t.name, t.type) for t in spec.inputs)
         if ins != MEMORY_INPUTS:
             raise _fail(w, f"graphs.{m}.inputs", f"must be {MEMORY_INPUTS}, got {ins}")
         outs = tuple(t.name for t in spec.outputs)
         if outs != MEMORY_OUTPUTS:
             raise _fail(w, f"graphs.{m}.outputs", f"must be {MEMORY_OUTPUTS}, got {outs}")
-        shapes = ((slots, width), (slots,), (n_classes,))
-        for t, want in zip(spec.inputs, shapes, strict=True):
-            if not _shape_fits(t.shape, want):
+        shapes = memory_input_shapes(slots, width, n_classes)
+        for t in spec.inputs:
+            want = shapes[t.name]
+            if not shape_fits(t.shape, want):
                 msg = f"{t.name} has shape {list(t.shape)}, but slots {slots}, codes_per_window "
                 msg += f"{width} and {n_classes} classes need [null, {', '.join(map(str, want))}]"
                 raise _fail(w, f"graphs.{m}.inputs", msg)
@@ -488,7 +502,7 @@ def _memory(
     return MemorySpec(slots, stride, hop, width, graphs, heads, role)
 
 
-def _shape_fits(shape: tuple[int | None, ...], want: tuple[int, ...]) -> bool:
+def shape_fits(shape: tuple[int | None, ...], want: tuple[int, ...]) -> bool:
     """A (batch, *want) input: the right rank, every fixed dimension as wanted."""
     if len(shape) != len(want) + 1:
         return False

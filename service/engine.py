@@ -48,8 +48,10 @@ from service.bundle import (
     OUTPUT_NAMES,
     RATIO_FLOOR,
     BundleError,
+    GraphSpec,
     Manifest,
     Thresholds,
+    shape_fits,
     verify_bundle,
 )
 from service.detection import Detection, ModalityResult
@@ -101,27 +103,16 @@ class Engine:
         self.provider = self.providers[0]
         self.sessions: dict[str, ort.InferenceSession] = {}
         for m in MODALITIES:
-            path = self.manifest.folder / self.manifest.graphs[m].file
-            try:
-                session = _session(path, intra_op_threads, self.providers)
-            except Exception as exc:  # ORT raises its own types for broken graphs
-                msg = f"{path}: ONNX Runtime cannot load it ({exc})"
-                raise BundleError(msg) from exc
-            self._check_io(m, session, path)
-            self.sessions[m] = session
+            spec = self.manifest.graphs[m]
+            self.sessions[m] = self._load(spec, OUTPUT_NAMES, intra_op_threads)
         self.memory_sessions: dict[str, ort.InferenceSession] = {}
         self.history: CodeHistory | None = None
         memory = self.manifest.memory
         if memory is not None:
+            shapes = memory.input_shapes(len(self.manifest.class_names))
             for m in MODALITIES:
-                path = self.manifest.folder / memory.graphs[m].file
-                try:
-                    session = _session(path, intra_op_threads, self.providers)
-                except Exception as exc:  # ORT raises its own types for broken graphs
-                    msg = f"{path}: ONNX Runtime cannot load it ({exc})"
-                    raise BundleError(msg) from exc
-                self._check_memory_io(m, session, path)
-                self.memory_sessions[m] = session
+                spec = memory.graphs[m]
+                self.memory_sessions[m] = self._load(spec, MEMORY_OUTPUTS, intra_op_threads, shapes)
             self.history = self.new_history()
         self.bundle_sha256 = self.manifest.bundle_sha256
         self._warm_up()
@@ -146,43 +137,39 @@ class Engine:
         if self.history is not None:
             self.history.clear()
 
-    def _check_io(self, modality: str, session: ort.InferenceSession, path: Path) -> None:
-        spec = self.manifest.graphs[modality]
+    def _load(
+        self,
+        spec: GraphSpec,
+        outputs: Sequence[str],
+        threads: int,
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> ort.InferenceSession:
+        """A session for one graph of the bundle, checked against the manifest: input names
+        and types, output names, the fixed input dimensions in `shapes` (name -> dimensions
+        after the batch) and the model version stamped in the graph.
+        """
+        path = self.manifest.folder / spec.file
+        try:
+            session = _session(path, threads, self.providers)
+        except Exception as exc:  # ORT raises its own types for broken graphs
+            msg = f"{path}: ONNX Runtime cannot load it ({exc})"
+            raise BundleError(msg) from exc
         got_in = [(i.name, i.type) for i in session.get_inputs()]
         want_in = [(t.name, t.type) for t in spec.inputs]
         got_out = [o.name for o in session.get_outputs()]
-        if got_in != want_in or got_out != list(OUTPUT_NAMES):
+        if got_in != want_in or got_out != list(outputs):
             msg = f"{path}: inputs {got_in} / outputs {got_out} differ from the manifest's "
-            msg += f"{want_in} / {list(OUTPUT_NAMES)}"
+            msg += f"{want_in} / {list(outputs)}"
             raise BundleError(msg)
-        self._check_version(session, path)
-
-    def _check_memory_io(self, modality: str, session: ort.InferenceSession, path: Path) -> None:
-        memory = self.manifest.memory
-        assert memory is not None
-        spec = memory.graphs[modality]
-        got_in = [(i.name, i.type) for i in session.get_inputs()]
-        want_in = [(t.name, t.type) for t in spec.inputs]
-        got_out = [o.name for o in session.get_outputs()]
-        if got_in != want_in or got_out != list(MEMORY_OUTPUTS):
-            msg = f"{path}: inputs {got_in} / outputs {got_out} differ from the manifest's "
-            msg += f"{want_in} / {list(MEMORY_OUTPUTS)}"
-            raise BundleError(msg)
-        want = {
-            "codes": (memory.slots, memory.codes_per_window),
-            "present": (memory.slots,),
-            "window_probs": (len(self.manifest.class_names),),
-        }
         for i in session.get_inputs():
-            dims = [d if isinstance(d, int) else None for d in i.shape]
-            if len(dims) != len(want[i.name]) + 1 or any(
-                d is not None and d != w for d, w in zip(dims[1:], want[i.name], strict=True)
-            ):
-                msg = f"{path}: input {i.name} has shape {i.shape}, but the manifest's memory "
-                msg += f"section (slots {memory.slots}, codes_per_window "
-                msg += f"{memory.codes_per_window}) needs [batch, *{list(want[i.name])}]"
+            want = (shapes or {}).get(i.name)
+            dims = tuple(d if isinstance(d, int) else None for d in i.shape)
+            if want is not None and not shape_fits(dims, want):
+                msg = f"{path}: input {i.name} has shape {i.shape}, but the manifest "
+                msg += f"needs [batch, *{list(want)}]"
                 raise BundleError(msg)
         self._check_version(session, path)
+        return session
 
     def _check_version(self, session: ort.InferenceSession, path: Path) -> None:
         meta = session.get_modelmeta().custom_metadata_map

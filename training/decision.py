@@ -148,13 +148,23 @@ def calibrate_mixed(
     Returns:
         `current`, `camera`, `fused` and `fused_average` thresholds.
     """
-    probs = mixed_probs(model, heads, val, encoded)
-    normal = val.label == 0
+    return calibrate_probs(mixed_probs(model, heads, val, encoded), val.label, target_far)
+
+
+def calibrate_probs(
+    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_], Any]],
+    label: NDArray[np.int64],
+    target_far: float,
+) -> dict[str, float]:
+    """`calibrate_mixed`'s thresholds from per-modality probabilities that are already known
+    (each modality's (W, C) probabilities, any value where not valid, and validity), e.g.
+    the memory heads' (training/export/memory.py)."""
+    normal = label == 0
     out = {}
     for m in MODALITIES:
         p, valid, _ = probs[m]
         out[m] = threshold_for_false_alarm_rate(1.0 - p[normal & valid, 0], target_far)
-    both = normal & val.valid_cur & val.valid_cam
+    both = normal & probs["current"][1] & probs["camera"][1]
     _, ratio = fuse_max(probs, out)
     out["fused"] = threshold_for_false_alarm_rate(ratio[both], target_far)
     averaged = fuse(probs)

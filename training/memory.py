@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from model.memory import MemoryHead
 from simulator.config import CLASS_NAMES
 from training.data import MODALITIES, Windows, valid_for
-from training.evaluation.metrics import auroc, macro_f1, threshold_for_false_alarm_rate
+from training.evaluation.metrics import auroc, macro_f1
 from training.train_head import class_weights
 
 logger = logging.getLogger(__name__)
@@ -206,35 +206,6 @@ def train_memory_head(
     head.load_state_dict(best_state)
     head.eval()
     return head, best_fig
-
-
-def memory_thresholds(
-    probs: dict[str, tuple[NDArray[np.float64], NDArray[np.bool_]]],
-    label: NDArray[np.int64],
-    target_far: float,
-) -> dict[str, float]:
-    """Thresholds at `target_far` on normal validation windows, as the window heads' are
-    (training.decision.calibrate_mixed): each modality's on its memory score 1 - p(normal), `fused`
-    on the larger threshold ratio where both modalities are valid.
-
-    Args:
-        probs: per modality, (W, C) memory probabilities for every window (any value where
-            not valid) and the validity mask.
-        label: (W,) the windows' labels.
-        target_far: the share of normal windows each threshold lets through.
-    """
-    normal = label == 0
-    out = {}
-    for m in MODALITIES:
-        p, valid = probs[m]
-        out[m] = threshold_for_false_alarm_rate(1.0 - p[normal & valid, 0], target_far)
-    both = normal & probs["current"][1] & probs["camera"][1]
-    ratio = np.maximum(
-        (1.0 - probs["current"][0][both, 0]) / max(out["current"], 1e-6),
-        (1.0 - probs["camera"][0][both, 0]) / max(out["camera"], 1e-6),
-    )
-    out["fused"] = threshold_for_false_alarm_rate(ratio, target_far)
-    return out
 
 
 def full_probs(head: MemoryHead, h: History, n_windows: int, n_classes: int) -> NDArray[np.float64]:

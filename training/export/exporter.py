@@ -65,23 +65,34 @@ def scorer_inputs(w: Windows, modality: str, index: NDArray[np.int64]) -> dict[s
 
 def export_onnx(scorer: ModalityScorer, example: dict[str, NDArray[Any]], path: Path) -> None:
     """Write one modality's graph with a dynamic batch axis (example batch must be >= 2)."""
-    names = list(INPUTS[scorer.modality])
+    export_batched(scorer, example, list(INPUTS[scorer.modality]), list(OUTPUTS), path)
+
+
+def export_batched(
+    module: torch.nn.Module,
+    example: dict[str, NDArray[Any]],
+    inputs: list[str],
+    outputs: list[str],
+    path: Path,
+) -> None:
+    """Write `module`'s graph (inputs `example[name]` in the order `inputs`) with a dynamic
+    batch axis on every input; the example batch must be >= 2 so that it stays dynamic."""
     if next(iter(example.values())).shape[0] < 2:
         msg = "export with an example batch of at least 2 so batch stays dynamic"
         raise ValueError(msg)
-    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in inputs)
     batch = Dim("batch")
     # "torchvision is not installed. Skipping torchvision::nms" and friends: irrelevant here
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # exporter progress and deprecation notices
         torch.onnx.export(
-            scorer,
+            module,
             args,
             str(path),
-            input_names=names,
-            output_names=list(OUTPUTS),
-            dynamic_shapes=tuple({0: batch} for _ in names),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=tuple({0: batch} for _ in inputs),
             dynamo=True,
             external_data=False,
         )

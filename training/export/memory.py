@@ -11,13 +11,10 @@ dropped: run `furnace calibrate-alerts` next (`make model` does). docs/export.md
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import shutil
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,16 +25,15 @@ import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
 from onnx import numpy_helper
-from torch.export import Dim
 from tqdm.auto import tqdm
 
 from model.memory import MemoryHead, MemoryScorer
 from training.config import config_from_dict
 from training.data import MODALITIES, Windows, valid_for
 from training.data.splits import load_recordings
-from training.decision import source_modalities
+from training.decision import calibrate_probs, source_modalities
 from training.export.bundle import write_manifest
-from training.export.exporter import _io_spec, scorer_inputs, session_for
+from training.export.exporter import _io_spec, export_batched, scorer_inputs, session_for
 from training.export.signing import load_signing_key
 from training.memory import (
     History,
@@ -45,7 +41,6 @@ from training.memory import (
     build_history,
     concat,
     full_probs,
-    memory_thresholds,
     predict,
     select_memory_heads,
     train_memory_head,
@@ -105,30 +100,19 @@ def graph_codebook(folder: Path, w: Windows, shape: tuple[int, int]) -> NDArray[
 
 def export_memory_graph(head: MemoryHead, example: History, path: Path) -> None:
     """Write one memory graph with a dynamic batch axis (example batch >= 2)."""
-    scorer = MemoryScorer(head)
-    args = tuple(
-        torch.from_numpy(a) for a in (example.codes, example.present, example.window_probs)
-    )
-    batch = Dim("batch")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            scorer,
-            args,
-            str(path),
-            input_names=list(MEMORY_INPUTS),
-            output_names=list(MEMORY_OUTPUTS),
-            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
-            dynamo=True,
-            external_data=False,
-        )
+    feeds = dict(zip(MEMORY_INPUTS, _arrays(example), strict=True))
+    export_batched(MemoryScorer(head), feeds, list(MEMORY_INPUTS), list(MEMORY_OUTPUTS), path)
+
+
+def _arrays(h: History) -> tuple[NDArray[Any], ...]:
+    """A history's memory-graph inputs, in MEMORY_INPUTS order."""
+    return (h.codes, h.present, h.window_probs)
 
 
 def memory_parity(head: MemoryHead, session: ort.InferenceSession, h: History) -> dict[str, float]:
     ref = predict(head, h)
-    arrays: tuple[NDArray[Any], ...] = (h.codes, h.present, h.window_probs)
     feeds = (
-        {n: a[s : s + 512] for n, a in zip(MEMORY_INPUTS, arrays, strict=True)}
+        {n: a[s : s + 512] for n, a in zip(MEMORY_INPUTS, _arrays(h), strict=True)}
         for s in range(0, len(h.label), 512)
     )
     got = np.concatenate([session.run(["probs"], f)[0] for f in feeds])
@@ -275,11 +259,12 @@ def add_memory(
             m: (
                 full_probs(heads[chosen[m]], hist["val"][m], len(data.val), n_classes),
                 valid_for(data.val, m),
+                None,
             )
             for m in MODALITIES
         }
         target_far = float(manifest["thresholds"].get("target_far", run_cfg.train.target_far))
-        cal = memory_thresholds(probs, data.val.label, target_far)
+        cal = calibrate_probs(probs, data.val.label, target_far)
         stale = ("alert_policy", "thresholds_per_window")
         new = {k: v for k, v in manifest.items() if k not in stale}
         new["window_thresholds"] = manifest["thresholds"]
