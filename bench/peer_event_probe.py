@@ -19,7 +19,7 @@ applied): the peer's probabilities replace the bundle's current result window by
 the window grid, the faults and the decision rule are the same. Each is calibrated by the
 shipped search (`alert_calibration.search`, current-only setting, target 1 false episode per
 10 furnace-hours) on the `--calibrate` datasets and counted by the scorecard's rules on the
-`--measure` datasets. Figures and what was decided: docs/experiments.md, "Three candidates
+`--measure` datasets. Figures and what was decided: docs/experiments.md, "Candidates
 measured end to end".
 """
 

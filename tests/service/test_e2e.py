@@ -3,9 +3,10 @@
 
 What the test asserts is what the service guarantees whatever the model: one detection per
 window end, decisions that follow the bundle's thresholds, and alert episodes that follow the
-k-of-n / m-clean hysteresis exactly -- replaying the detections stream through
-`alerting.next_state` reproduces the `alerts` stream event for event (docs/design/serving.md 1.5,
-2.3).
+k-of-n / m-clean hysteresis exactly (the bundle's calibrated alert policy, which the service
+runs when no FURNACE_ALERT_* overrides it; 3 of 4 for a bundle without one) -- replaying the
+detections stream through `alerting.next_state` reproduces the `alerts` stream event for event
+(docs/design/serving.md 1.5, 2.3).
 
 How well the model detects the scheduled conditions depends on the bundle: the test measures
 it (alert delay per scheduled condition, episodes opened outside any condition) and prints a
@@ -30,7 +31,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.alerting import AlertPolicy, AlertState, next_state
+from service.alerting import AlertPolicy, AlertState, next_state, resolve_policy
 from service.bundle import Manifest
 from service.main import create_app
 from service.store import read_detection
@@ -44,7 +45,6 @@ from tests.helpers.service import REPO, T0, hop_grid, make_settings, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MINUTES = 10.0
-POLICY = AlertPolicy(k=3, n=4, m=3)
 # Three furnaces: every condition of the API once, and one furnace that stays normal.
 SCENARIO = (
     FurnaceSpec(
@@ -82,7 +82,15 @@ def _text(fields: dict[bytes, bytes]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def run(redis_url: str, bundle_dir: Path, manifest: Manifest) -> Iterator[Run]:
+def policy(manifest: Manifest) -> AlertPolicy:
+    """What the service runs for this bundle with no FURNACE_ALERT_*: its calibrated policy.
+    Until 2026-12-05 (fifth session) the test fixed 3 of 4 for every bundle; the shipped
+    bundle's thresholds are calibrated with its own k of n, and the gate checks what ships."""
+    return resolve_policy(manifest.alert_policy)
+
+
+@pytest.fixture(scope="module")
+def run(redis_url: str, bundle_dir: Path, manifest: Manifest, policy: AlertPolicy) -> Iterator[Run]:
     spec = manifest.window
     prefix = f"t:{uuid.uuid4().hex[:12]}:"
     client = redis.Redis.from_url(redis_url)
@@ -90,7 +98,7 @@ def run(redis_url: str, bundle_dir: Path, manifest: Manifest) -> Iterator[Run]:
     replay = Replay(client, scenario, prefix=prefix, speed=0, t0=T0)
     replay.run()
     settings = make_settings(
-        redis_url, prefix, bundle_dir, alert_k=POLICY.k, alert_n=POLICY.n, alert_m=POLICY.m
+        redis_url, prefix, bundle_dir, alert_k=policy.k, alert_n=policy.n, alert_m=policy.m
     )
     last = math.floor((T0 + MINUTES * 60.0 - 0.5 - 1.0) / spec.hop_seconds) * spec.hop_seconds
     try:
@@ -130,12 +138,14 @@ def test_decisions_follow_the_bundle_thresholds(run: Run, manifest: Manifest) ->
             check_decision(d, manifest.thresholds)
 
 
-def test_replaying_the_detections_reproduces_the_alerts_stream(run: Run) -> None:
+def test_replaying_the_detections_reproduces_the_alerts_stream(
+    run: Run, policy: AlertPolicy
+) -> None:
     replayed: list[dict[str, str]] = []
     for furnace, rows in run.detections.items():
         state = AlertState.initial(furnace)
         for _, fields in rows:
-            state, events = next_state(state, read_detection(fields), POLICY)
+            state, events = next_state(state, read_detection(fields), policy)
             replayed.extend(ev.to_dict() for ev in events)
     # The service writes one furnace's events in window order; furnaces interleave.
     for furnace in run.replay.furnace_ids:
@@ -144,7 +154,7 @@ def test_replaying_the_detections_reproduces_the_alerts_stream(run: Run) -> None
     assert len(run.alerts) == len(replayed)
 
 
-def test_episodes_open_on_k_of_n_and_close_after_m_clean(run: Run) -> None:
+def test_episodes_open_on_k_of_n_and_close_after_m_clean(run: Run, policy: AlertPolicy) -> None:
     """The hysteresis, checked from the detections stream alone (not through next_state)."""
     for furnace, rows in run.detections.items():
         scored = [
@@ -156,23 +166,23 @@ def test_episodes_open_on_k_of_n_and_close_after_m_clean(run: Run) -> None:
         expected: list[tuple[str, float]] = []
         open_, recent, clean = False, [], 0
         for end, abnormal in scored:
-            recent = [*recent, abnormal][-POLICY.n :]
+            recent = [*recent, abnormal][-policy.n :]
             clean = 0 if abnormal else clean + 1
-            if not open_ and abnormal and sum(recent) >= POLICY.k:
+            if not open_ and abnormal and sum(recent) >= policy.k:
                 expected.append(("opened", end))
                 open_ = True
-            elif open_ and clean >= POLICY.m:
+            elif open_ and clean >= policy.m:
                 expected.append(("closed", end))
                 open_, recent = False, []
         got = [(a["event"], float(a["window_end"])) for a in events if a["event"] != "updated"]
         assert got == expected, furnace
 
 
-def _summary(run: Run, spec: WindowSpec) -> dict[str, Any]:
+def _summary(run: Run, spec: WindowSpec, policy: AlertPolicy) -> dict[str, Any]:
     """Alert delay per scheduled condition and episodes opened outside every condition."""
     schedule: list[ConditionWindow] = run.replay.schedule()
     opened = [a for a in run.alerts if a["event"] == "opened"]
-    slack = spec.window_seconds + POLICY.n * spec.hop_seconds  # windows still holding it
+    slack = spec.window_seconds + policy.n * spec.hop_seconds  # windows still holding it
     per_condition = []
     for cw in schedule:
         hits = [
@@ -240,10 +250,11 @@ def _scored(run: Run, furnace: str) -> list[dict[str, Any]]:
 
 
 def test_measured_alert_delays_and_false_alerts(
-    run: Run, spec: WindowSpec, manifest: Manifest, record_property: Any
+    run: Run, spec: WindowSpec, manifest: Manifest, policy: AlertPolicy, record_property: Any
 ) -> None:
-    summary = _summary(run, spec)
+    summary = _summary(run, spec, policy)
     summary["model_version"] = manifest.model_version
+    summary["alert_policy"] = {"k": policy.k, "n": policy.n, "m": policy.m}
     record_property("e2e_summary", json.dumps(summary))
     print("\ne2e summary:", json.dumps(summary, indent=1))  # noqa: T201 (pytest -s)
     # Sanity only: every scheduled condition is accounted for, each exactly once.
@@ -273,12 +284,12 @@ UNGATED = frozenset({"abnormal_exhaust"})
 
 
 def test_the_shipped_bundle_alerts_every_condition_in_time_and_nothing_else(
-    run: Run, spec: WindowSpec, manifest: Manifest
+    run: Run, spec: WindowSpec, manifest: Manifest, policy: AlertPolicy
 ) -> None:
     shipped = json.loads((REPO / "models" / "default" / "manifest.json").read_text())
     if manifest.model_version != shipped["model_version"]:  # bundle_dir is a verified copy
         pytest.skip("the quality gate applies to the shipped default bundle only")
-    summary = _summary(run, spec)
+    summary = _summary(run, spec, policy)
     late = [
         (c["furnace"], c["condition"], c["alert_delay_s"])
         for c in summary["conditions"]
