@@ -2,14 +2,18 @@
 the event level, under the same alert calibration as the shipped bundle?
 
     .venv/bin/python bench/peer_event_probe.py --bundle models/default \
-        --calibrate data/train:val data/cal data/cal2 --measure data/test data/score12 data/cal3
+        --calibrate data/train120:val data/cal data/cal2 --measure data/test data/score12 data/cal3
+
+The first `--calibrate` dataset must be the bundle's training data (`:val` picks its validation
+furnaces from the manifest, the peer trains on the rest): data/train120 for the bundle shipped
+since 2026-12-05 (fifth session), data/train for the bundles before it.
 
 The question behind it (the detection issue): is the current-alone gap of the shipped bundle
 (alerted / visible events at the false-episode target) a loss in the label-free shared codes,
 or the limit of what the current shows? The peer is the project's gradient-boosting baseline
-(`training.evaluation.baselines.current_window_features`, 27 hand features per window; with
-`--long` also the window's level against a 600-s trailing median, which lifted its window-level
-overheating F1 0.60 -> 0.82 in docs/experiments.md, "A long baseline"), trained on the
+(`training.evaluation.baselines.current_window_features`, 27 hand features per window; in a
+second variant also the window's level against a 600-s trailing median, which lifted its
+window-level overheating F1 0.60 -> 0.82 in docs/experiments.md, "A long baseline"), trained on the
 training furnaces of the first `--calibrate` dataset with its labels and thresholded at 1 %
 false alarms on its validation normals, as the bundle's heads are.
 
@@ -26,10 +30,9 @@ measured end to end".
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import time
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,21 +52,39 @@ SETTING = "current_only"
 LONG_BASELINE_S = 600.0
 
 
-def features(w: Windows, long: bool) -> NDArray[np.float64]:
-    """The peer's features; with `long`, per phase the window mean and std and the 120-s
-    baseline against the 600-s one (relative)."""
+@dataclass(frozen=True)
+class RecordingFeatures:
+    """One recording's windows as the peer sees them (the frames are dropped after reading)."""
+
+    start_epoch: float  # Unix seconds of t = 0: window_end - start_epoch = t_end
+    t_end: NDArray[np.float64]  # (W,)
+    label: NDArray[np.int64]  # (W,)
+    valid_cur: NDArray[np.bool_]  # (W,)
+    long: NDArray[np.float64]  # (W, F): the base features, then the long-baseline ones
+    n_base: int  # the base features' columns
+
+    def features(self, long: bool) -> NDArray[np.float64]:
+        return self.long if long else self.long[:, : self.n_base]
+
+
+def features(w: Windows) -> tuple[NDArray[np.float64], int]:
+    """The peer's features, then per phase the window mean and std and the 120-s baseline
+    against the 600-s one (relative); and how many columns the first part has."""
     f = current_window_features(w.x_c, w.baseline)
-    if not long:
-        return f
     x = w.x_c.reshape(w.x_c.shape[0], -1, 3).astype(np.float64)
     short = np.maximum(w.baseline[:, :3].astype(np.float64), 1.0)
     lng = np.maximum(w.baseline[:, 3:6].astype(np.float64), 1.0)
-    return np.concatenate([f, x.mean(1) / lng - 1.0, short / lng - 1.0, x.std(1) / lng], 1)
+    extra = [x.mean(1) / lng - 1.0, short / lng - 1.0, x.std(1) / lng]
+    return np.concatenate([f, *extra], 1), f.shape[1]
 
 
-def recording_windows(data: str, name: str, faults: bool) -> Windows:
+@functools.cache
+def recording_features(data: str, name: str, faults: bool) -> RecordingFeatures:
+    """Read once per recording for both variants (reading, frames included, is the cost)."""
     rec = read_fmf(data, names=[name], apply_faults=faults)[0]
-    return make_windows(rec, long_baseline_s=LONG_BASELINE_S)
+    w = make_windows(rec, long_baseline_s=LONG_BASELINE_S)
+    f, n_base = features(w)
+    return RecordingFeatures(rec.start_epoch, w.t_end, w.label, w.valid_cur, f, n_base)
 
 
 def dataset_names(spec: str, val_furnaces: list[str]) -> tuple[str, list[str]]:
@@ -82,9 +103,9 @@ def fit_peer(data: str, train: list[str], val: list[str], long: bool) -> tuple[o
     threshold on 1 - p(normal) at 1 % false alarms on the validation normals."""
     xs, ys = [], []
     for name in train:
-        w = recording_windows(data, name, faults=False)
-        xs.append(features(w, long)[w.valid_cur])
-        ys.append(w.label[w.valid_cur])
+        r = recording_features(data, name, faults=False)
+        xs.append(r.features(long)[r.valid_cur])
+        ys.append(r.label[r.valid_cur])
     x, y = np.concatenate(xs), np.concatenate(ys)
     counts = np.bincount(y, minlength=len(CLASS_NAMES)).astype(float)
     weight = 1.0 / np.sqrt(np.maximum(counts[y], 1.0))
@@ -92,9 +113,9 @@ def fit_peer(data: str, train: list[str], val: list[str], long: bool) -> tuple[o
     model.fit(x, y, sample_weight=weight / weight.mean())
     normal = []
     for name in val:
-        w = recording_windows(data, name, faults=False)
-        keep = w.valid_cur & (w.label == 0)
-        normal.append(1.0 - probabilities(model, features(w, long)[keep])[:, 0])
+        r = recording_features(data, name, faults=False)
+        keep = r.valid_cur & (r.label == 0)
+        normal.append(1.0 - probabilities(model, r.features(long)[keep])[:, 0])
     return model, float(np.quantile(np.concatenate(normal), 0.99))
 
 
@@ -111,15 +132,12 @@ def substitute(
     window (faults applied as the replay applied them)."""
     runs = []
     for run in cal.furnaces:
-        start = json.loads(
-            (Path(data) / "pixel-level" / "sentinel" / f"{run.name}.json").read_text()
-        )["start_epoch"]
-        w = recording_windows(data, run.name, faults=True)
-        probs = probabilities(model, features(w, long))
-        at = {round(float(t), 1): p for t, p in zip(w.t_end, probs, strict=True)}
+        rf = recording_features(data, run.name, faults=True)
+        probs = probabilities(model, rf.features(long))
+        at = {round(float(t), 1): p for t, p in zip(rf.t_end, probs, strict=True)}
         windows = []
         for r in run.windows[SETTING]:
-            p = at[round(r.window_end - start, 1)]  # KeyError: the grids disagree (a bug)
+            p = at[round(r.window_end - rf.start_epoch, 1)]  # KeyError: the grids disagree
             res = ModalityResult([], [float(v) for v in p], float(1.0 - p[0]), [])
             windows.append(replace(r, results={**r.results, "current": res}))
         runs.append(replace(run, windows={SETTING: windows}))
@@ -157,7 +175,9 @@ def report(label: str, measure: dict[str, ac.CalibrationData], res: ac.SearchRes
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="models/default")
-    ap.add_argument("--calibrate", nargs="+", default=["data/train:val", "data/cal", "data/cal2"])
+    ap.add_argument(
+        "--calibrate", nargs="+", default=["data/train120:val", "data/cal", "data/cal2"]
+    )
     ap.add_argument("--measure", nargs="+", default=["data/test", "data/score12", "data/cal3"])
     args = ap.parse_args()
     t0 = time.perf_counter()
