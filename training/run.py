@@ -164,13 +164,18 @@ def select_checkpoint(
 def train_run(
     data_dir: str | Path, out_dir: str | Path, cfg: RunConfig, *, progress: bool = True
 ) -> Path:
-    """The whole `furnace train` job. Returns the checkpoint path."""
+    """The whole `furnace train` job. Returns the checkpoint path.
+
+    `train_log.json` records the seconds of each phase (`phase_seconds`: loading, pre-training,
+    checkpoint selection, heads, threshold calibration) beside the total.
+    """
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
     data = split_for(cfg, load_recordings(data_dir))
     if data.binary:
         msg = "binary FMF-Benchmark labels: set cmg.n_classes: 2 in the config"
@@ -187,19 +192,27 @@ def train_run(
         len(data.val),
         data.furnaces,
     )
+    phases["load"] = time.perf_counter() - t0
     result = pretrain(cfg, pre_train, pre_val, progress=progress)
+    phases["pretrain"] = result.seconds
+    t1 = time.perf_counter()
     best, selection = select_checkpoint(cfg, data, result.checkpoints)
+    phases["selection"] = time.perf_counter() - t1
     step, state = result.checkpoints[best]
     model = build_cmg(cfg.cmg)
     model.load_state_dict(state)
     model.eval()
+    t1 = time.perf_counter()
     heads, head_figures = fit_heads(model, cfg, data)
+    phases["heads"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     # Thresholds of every head, each calibrated on validation normals (the export picks a
     # head per modality from them: training.decision.select_heads).
     val_codes = encode_all(model, data.val)
     thresholds = {
         k: calibrate(model, h, data.val, tc.target_far, val_codes) for k, h in heads.items()
     }
+    phases["calibration"] = time.perf_counter() - t1
     log = {
         "config": config_to_dict(cfg),
         "data": {"path": str(Path(data_dir).resolve()), "furnaces": data.furnaces},
@@ -212,6 +225,7 @@ def train_run(
         "target_far": tc.target_far,
         "class_names": list(CLASS_NAMES[: cfg.cmg.n_classes]),
         "pretrain_seconds": result.seconds,
+        "phase_seconds": phases,
         "total_seconds": time.perf_counter() - t0,
     }
     path = out / "checkpoint.pt"
