@@ -27,7 +27,7 @@ CODE_TARGETS = (
 PHYSICS_CHANNELS = 2  # camera_channels "physics" (features.physics_channels)
 HEAD_POOLS = ("max", "meanmax")  # DetectorHead pooling over segments
 RICH_CURRENT_EXTRA = 19  # extra features of current_feature_set "rich" (features.py)
-CAMERA_SUMMARIES = ("none", "hotspot")  # + per-segment hot-spot statistics [ours]
+CAMERA_SUMMARIES = ("none", "hotspot", "hotspot_relative")  # + hot-spot statistics [ours]
 CURRENT_CONTEXTS = ("none", "long")  # baseline (B, 3) | + a long baseline, (B, 6) [ours]
 LONG_CONTEXT_EXTRA = 6  # extra features of current_context "long" (features.py)
 
@@ -140,7 +140,7 @@ class CMGConfig:
     code_target: str = "none"  # "hotness" | "hotspot": q_v alone reconstructs a low-res map
     code_target_weight: float = 1.0  # weight of that reconstruction in the total loss
     current_context: str = "none"  # "long": the baseline input also holds a slow median
-    camera_summary: str = "none"  # "hotspot": Phi_v also reads per-segment hot-spot statistics
+    camera_summary: str = "none"  # "hotspot"(_relative): Phi_v reads per-segment hot-spot stats
     supervised_weight: float = 0.0  # > 0: cross-entropy of a pre-training head on labelled codes
     supervised_modality: str = "current"  # whose codes that head reads: current | camera
 

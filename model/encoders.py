@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import CMGConfig, EncoderConfig
-from model.features import HOTSPOT_STATS, CameraInput, hotspot_stats
+from model.features import CameraInput, hotspot_stats, summary_width
 
 
 class TransformerLayer(nn.Module):
@@ -186,9 +186,11 @@ class CameraSemanticEncoder(nn.Module):
         # local hot spot moves far more than it moves any average over the shell
         self.with_max = cfg.camera_pool == "attention_max"
         width = enc.stem_channels[1] * (2 if self.with_max else 1)
-        # "hotspot" [ours]: per-segment hot-spot statistics beside the pooled map
-        self.with_stats = cfg.camera_summary == "hotspot"
-        width += HOTSPOT_STATS if self.with_stats else 0
+        # "hotspot" [ours]: per-segment hot-spot statistics beside the pooled map;
+        # "hotspot_relative": only what stands out within the frame (features.hotspot_stats)
+        self.with_stats = cfg.camera_summary != "none"
+        self.relative_stats = cfg.camera_summary == "hotspot_relative"
+        width += summary_width(cfg.camera_summary)
         self.body = SemanticTransformer(width, cfg.segments, enc)
 
     def forward(self, cam: CameraInput) -> Tensor:
@@ -201,7 +203,8 @@ class CameraSemanticEncoder(nn.Module):
             pooled = torch.cat([pooled, m.amax(dim=(2, 3)) * gate], dim=-1)  # (B*T, 2C)
         pooled = pooled.reshape(B, T, -1)
         if self.with_stats:
-            pooled = torch.cat([pooled, hotspot_stats(cam.pixels)], dim=-1)  # (B, T, F + 10)
+            stats = hotspot_stats(cam.pixels, relative=self.relative_stats)  # (B, T, 10 | 8)
+            pooled = torch.cat([pooled, stats], dim=-1)
         return self.body(pooled)
 
 

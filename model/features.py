@@ -290,11 +290,17 @@ def hotspot_target(pixels: Tensor, px: int, physics: Tensor | None = None) -> Te
 
 
 HOTSPOT_STATS = 10  # camera_summary "hotspot": statistics per segment
+RELATIVE_STATS = 8  # camera_summary "hotspot_relative": statistics per segment
 STATS_PX = 16  # their map resolution (the hot-spot target's)
 STATS_GAIN = 10.0  # brings the statistics to roughly unit spread
 
 
-def hotspot_stats(pixels: Tensor) -> Tensor:
+def summary_width(summary: str) -> int:
+    """Statistics per segment that `camera_summary` adds to the pooled camera map."""
+    return {"none": 0, "hotspot": HOTSPOT_STATS, "hotspot_relative": RELATIVE_STATS}[summary]
+
+
+def hotspot_stats(pixels: Tensor, *, relative: bool = False) -> Tensor:
     """Per-segment summary of what makes a hot spot [ours], read by camera_summary "hotspot".
 
     A gradient-boosting model on these few numbers of the window's last frame names
@@ -304,11 +310,18 @@ def hotspot_stats(pixels: Tensor) -> Tensor:
     mean + 2 std (6); of the frame: mean and max of redness (R - B) / 255 and of brightness (4).
     All scaled by STATS_GAIN; zeros for all-zero frames.
 
+    `relative` (camera_summary "hotspot_relative") keeps only what stands out within the
+    frame, so a furnace's camera appearance (exposure, tint, mist level) moves it less: of
+    each map the max above its mean, the std and the share above mean + 2 std (6); of the
+    frame the max above the mean of redness and of brightness (2). Adding a constant to every
+    pixel leaves the frame part unchanged.
+
     Args:
         pixels: (B, T, 3, H, W) frames as floats in [0, 255]; H = W, a multiple of STATS_PX.
+        relative: the appearance-free variant.
 
     Returns:
-        (B, T, HOTSPOT_STATS) float32.
+        (B, T, HOTSPOT_STATS) float32, (B, T, RELATIVE_STATS) when `relative`.
     """
     B, T = pixels.shape[:2]
     maps = hotspot_target(pixels, STATS_PX).reshape(B, T, HOTSPOT_CHANNELS, -1)  # (B, T, 2, P)
@@ -318,8 +331,12 @@ def hotspot_stats(pixels: Tensor) -> Tensor:
     unit = pixels * (1.0 / 255.0)
     red = (unit[:, :, 0] - unit[:, :, 2]).flatten(2)  # (B, T, H*W)
     bright = unit.mean(dim=2).flatten(2)
-    parts = [mean, maps.amax(dim=-1), above]  # (B, T, 2) each
-    frame = [red.mean(-1), red.amax(-1), bright.mean(-1), bright.amax(-1)]  # (B, T) each
+    if relative:
+        parts = [maps.amax(dim=-1) - mean, std, above]  # (B, T, 2) each
+        frame = [red.amax(-1) - red.mean(-1), bright.amax(-1) - bright.mean(-1)]
+    else:
+        parts = [mean, maps.amax(dim=-1), above]  # (B, T, 2) each
+        frame = [red.mean(-1), red.amax(-1), bright.mean(-1), bright.amax(-1)]  # (B, T) each
     return torch.cat([*parts, torch.stack(frame, dim=-1)], dim=-1) * STATS_GAIN
 
 

@@ -17,6 +17,7 @@ from model.features import (
     HOTSPOT_CHANNELS,
     HOTSPOT_STATS,
     PHYSICS_CHANNELS,
+    RELATIVE_STATS,
     camera_inputs,
     hotness_target,
     hotspot_stats,
@@ -32,6 +33,7 @@ HOTNESS = {"code_target": "hotness"}
 BOTH = {**PHYSICS, **HOTNESS}
 HOTSPOT = {"code_target": "hotspot"}
 STATS = {"camera_summary": "hotspot", "code_target": "hotspot"}
+RELATIVE = {"camera_summary": "hotspot_relative", "code_target": "hotspot"}
 
 
 def test_defaults_are_the_previous_model() -> None:
@@ -106,7 +108,29 @@ def test_hotspot_stats_rise_with_a_shell_spot_and_vanish_on_black() -> None:
     assert bool((hotspot_stats(torch.zeros(1, 2, 3, 32, 32)) == 0).all())
 
 
-@pytest.mark.parametrize("changes", [PHYSICS, HOTNESS, BOTH, HOTSPOT, STATS])
+def test_relative_hotspot_stats_see_the_spot_and_not_the_exposure() -> None:
+    plain = torch.full((1, 2, 3, 32, 32), 60.0)
+    plain[0, :, 0] = 80.0  # a reddish tint
+    spot = plain.clone()
+    spot[0, 1, 0, 20:24, 12:16] = 250.0  # a red-hot blob on the shell, second segment only
+    spot[0, 1, 1, 20:24, 12:16] = 140.0
+    r_plain, r_spot = (hotspot_stats(x, relative=True) for x in (plain, spot))
+    assert r_spot.shape == (1, 2, RELATIVE_STATS)
+    assert float(r_spot[0, 1, 0]) > float(r_plain[0, 1, 0]) + 1.0  # blob max above its mean
+    assert float(r_spot[0, 1, 6]) > float(r_plain[0, 1, 6]) + 1.0  # redness max above mean
+    # a brighter exposure (every pixel + 40) moves the absolute frame statistics, not these
+    brighter = spot + 40.0
+    absolute = hotspot_stats(brighter)[..., 6:] - hotspot_stats(spot)[..., 6:]
+    assert float(absolute.abs().max()) > 1.0  # brightness mean and max
+    torch.testing.assert_close(
+        hotspot_stats(brighter, relative=True)[..., 6:], r_spot[..., 6:], atol=1e-4, rtol=0
+    )
+    assert bool((hotspot_stats(torch.zeros(1, 2, 3, 32, 32), relative=True) == 0).all())
+    model = build_cmg(make_tiny_cfg(**RELATIVE))
+    assert model.phi_v.relative_stats and model.phi_v.with_stats
+
+
+@pytest.mark.parametrize("changes", [PHYSICS, HOTNESS, BOTH, HOTSPOT, STATS, RELATIVE])
 def test_training_step_with_options_is_finite(changes: dict[str, str]) -> None:
     cfg = make_tiny_cfg(align="infonce", **changes)
     torch.manual_seed(0)
@@ -125,7 +149,7 @@ def test_training_step_with_options_is_finite(changes: dict[str, str]) -> None:
         assert bool(torch.isfinite(model(*zeros).loss.total))
 
 
-@pytest.mark.parametrize("changes", [BOTH, STATS], ids=["physics", "stats"])
+@pytest.mark.parametrize("changes", [BOTH, STATS, RELATIVE], ids=["physics", "stats", "relative"])
 def test_camera_option_scorers_export_to_onnx(tmp_path: Path, changes: dict[str, str]) -> None:
     cfg = make_tiny_cfg(**changes)
     torch.manual_seed(0)
