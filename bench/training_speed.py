@@ -22,17 +22,21 @@ import numpy as np
 import torch
 
 from model.cmg import build_cmg
-from training.config import load_config
+from training.config import RunConfig, load_config
+from training.data import Windows
 from training.data.splits import load_recordings, paired_mask
 from training.pretrain import _batch, camera_stats
 from training.run import split_for
 from training.train_head import encode_windows
 
 
-def measure(cfg_path: str, data: str, threads: int, steps: int, windows: int) -> dict[str, float]:
-    cfg = load_config(cfg_path)
+def paired_windows(cfg: RunConfig, data: str) -> Windows:
+    """The paired training windows pre-training draws its batches from."""
     split = split_for(cfg, load_recordings(data))
-    w = split.train.select(paired_mask(split.train))
+    return split.train.select(paired_mask(split.train))
+
+
+def measure(cfg: RunConfig, w: Windows, threads: int, steps: int, windows: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -75,10 +79,12 @@ def main() -> int:
         f"{'threads':>7s} {'step s':>7s} {'camera win/s':>12s} {'current win/s':>13s} "
         f"{'step x':>7s} {'camera x':>8s}"
     )
+    cfg = load_config(args.config)
+    w = paired_windows(cfg, args.data)  # read once: every measurement uses the same windows
     first: dict[str, float] | None = None
     for _ in range(2):
         for th in args.threads:
-            r = measure(args.config, args.data, th, args.steps, args.windows)
+            r = measure(cfg, w, th, args.steps, args.windows)
             first = first or r
             step_x = first["step_s"] / r["step_s"]
             camera_x = r["camera_wps"] / first["camera_wps"]
