@@ -4,11 +4,12 @@ choice of configs/default.yaml; docs/benchmarks.md "Training time").
     .venv/bin/python bench/training_speed.py --data data/test --threads 1 2
 
 For each thread count, in turn and twice (so drift shows): the median seconds of one
-pre-training step of the default config (forward, backward, Adam at batch 64 on paired
-windows), and the windows per second of encoding with the frozen model (what the heads and
-the threshold calibration spend their time on after pre-training), camera and current. The
-last columns are the ratios against the first thread count. The model is freshly built (the
-cost of a step does not depend on the weights); no run folder is written.
+pre-training step of the default config (`training.pretrain.train_step`: forward, backward,
+clipping, Adam at batch 64 on paired windows), and the windows per second of encoding with
+the frozen model (what the heads and the threshold calibration spend their time on after
+pre-training), camera and current. The last columns are the ratios against the first thread
+count. The model is freshly built (the cost of a step does not depend on the weights); no
+run folder is written.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from model.cmg import build_cmg
 from training.config import RunConfig, load_config
 from training.data import Windows
 from training.data.splits import load_recordings, paired_mask
-from training.pretrain import _batch, camera_stats
+from training.pretrain import _batch, camera_stats, train_step
 from training.run import split_for
 from training.train_head import encode_windows
 
@@ -44,14 +45,13 @@ def measure(cfg: RunConfig, w: Windows, threads: int, steps: int, windows: int) 
     model.set_camera_stats(*camera_stats(w))
     model.train()
     opt = torch.optim.Adam(model.main_parameters(), lr=cfg.train.lr)
+    club = model.club_parameters()
+    club_opt = torch.optim.Adam(club, lr=cfg.cmg.club_lr) if club else None
     times = []
     for _ in range(steps):
         idx = rng.choice(len(w), size=cfg.train.batch, replace=False)
         t0 = time.perf_counter()
-        out = model(*_batch(w, idx))
-        opt.zero_grad()
-        out.loss.total.backward()
-        opt.step()
+        train_step(model, _batch(w, idx), opt, club_opt, cfg.train.grad_clip)
         times.append(time.perf_counter() - t0)
     idx = np.arange(min(windows, len(w)))
     t0 = time.perf_counter()

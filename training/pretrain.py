@@ -85,6 +85,24 @@ def _clip_per_module(model: CMG, max_norm: float) -> None:
             nn.utils.clip_grad_norm_(with_grad, max_norm)
 
 
+def train_step(
+    model: CMG,
+    batch: tuple[torch.Tensor, ...],
+    opt: torch.optim.Optimizer,
+    club_opt: torch.optim.Optimizer | None,
+    grad_clip: float,
+    labels: torch.Tensor | None = None,
+) -> Any:
+    """One pre-training step: forward (CLUB q-nets fitted inside it, on the same encodings:
+    the released order), backward, per-module clipping, Adam. Returns the model's output."""
+    out = model(*batch, club_optimizer=club_opt, labels=labels)
+    opt.zero_grad()
+    out.loss.total.backward()
+    _clip_per_module(model, grad_clip)
+    opt.step()
+    return out
+
+
 @torch.no_grad()
 def diagnostics(
     model: CMG,
@@ -167,12 +185,7 @@ def pretrain(
         labels = None
         if cfg.cmg.supervised_weight > 0:  # the labelled modality's labels [ours]
             labels = torch.from_numpy(train.label[idx]).to(batch[0].device)
-        # CLUB q-nets are fitted inside the forward, on the same encodings (released order).
-        out = model(*batch, club_optimizer=club_opt, labels=labels)
-        opt.zero_grad()
-        out.loss.total.backward()
-        _clip_per_module(model, tc.grad_clip)
-        opt.step()
+        out = train_step(model, batch, opt, club_opt, tc.grad_clip, labels)
         if step % 10 == 0:
             d = out.diagnostics
             bar.set_postfix(
