@@ -93,8 +93,17 @@ from furnace.scorecard import (
     apply_policy,
     match_events,
 )
+from service.adaptation import (
+    DEFAULT_MIN_WINDOWS,
+    DEFAULT_QUANTILE,
+    DEFAULT_WINDOW_SECONDS,
+    AdaptationSpec,
+    ScoreHistory,
+)
 from service.bundle import RATIO_FLOOR
+from service.detection import ModalityResult
 from service.signing import SIGNATURE_FILE
+from service.types import MODALITIES
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -102,7 +111,7 @@ if TYPE_CHECKING:
     from furnace.scorecard import Entries, ServiceSettings
     from service.alerting import AlertPolicy
     from service.bundle import Thresholds
-    from service.detection import Detection, ModalityResult
+    from service.detection import Detection
     from service.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -181,13 +190,18 @@ def base_thresholds(manifest_raw: dict[str, Any], thresholds: Thresholds) -> Thr
 
 
 def _compact(det: Detection) -> WindowResult:
-    from service.detection import ModalityResult
 
     return WindowResult(
         window_end=float(det.window_end),
         used=tuple(det.modalities),
         results={
-            m: ModalityResult(codes=[], probs=list(r.probs), score=r.score, segment_scores=[])
+            m: ModalityResult(
+                codes=[],
+                probs=list(r.probs),
+                score=r.score,
+                segment_scores=[],
+                raw_score=r.raw_score,
+            )
             for m, r in det.per_modality.items()
             if m in det.modalities
         },
@@ -300,6 +314,84 @@ def furnace_recordings(data: str | Path, furnaces: Iterable[str]) -> list[str]:
         msg = f"{root}: no recording of furnaces {missing} (is this the run's training data?)"
         raise ValueError(msg)
     return sorted(n for names in found.values() for n in names)
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+def _raw(r: ModalityResult) -> float:
+    return r.score if r.raw_score is None else r.raw_score
+
+
+def _sequences(
+    data: CalibrationData,
+) -> Iterable[tuple[FurnaceRun, str, str, list[int]]]:
+    """(run, setting, modality, indices of the windows that modality decided) in order."""
+    for run in data.furnaces:
+        for setting in data.settings:
+            ws = run.windows.get(setting, [])
+            for m in MODALITIES:
+                index = [i for i, w in enumerate(ws) if m in w.used and m in w.results]
+                if index:
+                    yield run, setting, m, index
+
+
+def adaptation_reference(
+    data: CalibrationData,
+    *,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    quantile: float = DEFAULT_QUANTILE,
+    min_windows: int = DEFAULT_MIN_WINDOWS,
+    hop_seconds: float,
+) -> AdaptationSpec | None:
+    """The adaptation spec whose per-modality reference is the median of the calibration
+    furnaces' baselines (each window's, raw scores, every replayed setting): a furnace that
+    reads like the typical calibration furnace keeps its scores (service/adaptation.py). A
+    modality no window of which has `min_windows` earlier windows of its furnace (recordings
+    too short) gets no reference, and so no adaptation; None when neither modality has one.
+    """
+    spec = AdaptationSpec(window_seconds, quantile, min_windows, hop_seconds, {})
+    found: dict[str, list[float]] = {m: [] for m in MODALITIES}
+    for run, setting, m, index in _sequences(data):
+        history = ScoreHistory(spec)
+        ws = run.windows[setting]
+        for i in index:
+            b = history.baselines(m, [(run.furnace_id, ws[i].window_end, _raw(ws[i].results[m]))])
+            if b[0] is not None:
+                found[m].append(b[0])
+    reference = {m: round(float(np.median(v)), 6) for m, v in found.items() if v}
+    for m in sorted(set(MODALITIES) - set(reference)):
+        logger.warning(
+            "per-furnace adaptation off for the %s: no calibration window has %d earlier "
+            "windows of its furnace (recordings too short)",
+            m,
+            min_windows,
+        )
+    return replace(spec, reference=reference) if reference else None
+
+
+def adapt(data: CalibrationData, spec: AdaptationSpec | None) -> CalibrationData:
+    """The calibration data as an engine with adaptation `spec` would have scored it: each
+    furnace's windows, per setting and modality in order, through the service's own
+    `ScoreHistory` from the raw scores (`raw_score` where the replay already adapted).
+    `spec` None: the raw scores (no adaptation)."""
+    furnaces = []
+    for run in data.furnaces:
+        windows = {s: list(ws) for s, ws in run.windows.items()}
+        furnaces.append(replace(run, windows=windows))
+    out = replace(data, furnaces=furnaces)
+    for run, setting, m, index in _sequences(out):
+        ws = run.windows[setting]
+        history = ScoreHistory(spec) if spec is not None else None
+        for i in index:
+            r = ws[i].results[m]
+            raw = _raw(r)
+            score = raw
+            if history is not None:
+                score = history.adjust(m, [(run.furnace_id, ws[i].window_end, raw)])[0]
+            results = {**ws[i].results, m: replace(r, score=score, raw_score=raw)}
+            ws[i] = replace(ws[i], results=results)
+    return out
 
 
 # --------------------------------------------------------------------------- candidates
@@ -875,10 +967,12 @@ def write_calibration(
     result: SearchResult,
     *,
     signing_key: Ed25519PrivateKey | None = None,
+    adaptation: AdaptationSpec | None = None,
 ) -> Path:
     """Put the chosen policy and thresholds into `folder/manifest.json` through
     `training.export.bundle.rewrite_manifest` (file hashes checked, model version kept),
-    signed with `signing_key` (docs/export.md "Signing")."""
+    signed with `signing_key` (docs/export.md "Signing"), with the per-furnace `adaptation`
+    the scores were searched under (None: the manifest has none)."""
     from service.bundle import verify_bundle
     from training.export.bundle import rewrite_manifest
 
@@ -895,6 +989,9 @@ def write_calibration(
     kept = {k: v for k, v in raw["thresholds"].items() if not k.endswith("_alone")}
     raw["thresholds"] = {**kept, **_threshold_values(thr)}
     raw["alert_policy"] = policy_record(data, result)
+    raw.pop("adaptation", None)
+    if adaptation is not None:
+        raw["adaptation"] = adaptation.to_manifest()
     rewrite_manifest(folder, raw, signing_key=signing_key)
     verify_bundle(folder)  # the service's reader must accept what was written
     return path
@@ -1035,6 +1132,7 @@ def calibrate_bundle(
     grid: Grid | None = None,
     progress: bool = False,
     signing_key: str | Path | None = None,
+    adaptation: bool = True,
 ) -> dict[str, Any]:
     """Calibrate a bundle's alert policy on its validation furnaces (or other simulated
     furnaces) and write it into the manifest (in place, or into a copy at `out`).
@@ -1052,6 +1150,8 @@ def calibrate_bundle(
         progress: tqdm bar over furnaces.
         signing_key: the Ed25519 private key (PEM) that signs the rewritten manifest;
             required when the bundle is signed (checked before the replay).
+        adaptation: turn on per-furnace adaptation (service/adaptation.py; its reference
+            taken from these furnaces) and search on adapted scores; False drops it.
 
     Returns:
         The `alert_policy` object written, plus `bundle` (the folder written) and
@@ -1082,12 +1182,16 @@ def calibrate_bundle(
         logger.info("alert calibration on %d recordings of %s", len(names), path)
         parts.append(collect(engine, path, names, progress=progress))
     cal = pool(parts)
+    hop = engine.manifest.window.hop_seconds
+    spec = adaptation_reference(cal, hop_seconds=hop) if adaptation else None
+    cal = adapt(cal, spec)
     result = search(cal, target_per_hour=target_per_10h / 10.0, grid=grid)
     folder = copy_bundle(src, Path(out)) if out is not None else src
-    write_calibration(folder, cal, result, signing_key=key)
+    write_calibration(folder, cal, result, signing_key=key, adaptation=spec)
     record = policy_record(cal, result)
     thr = result.chosen.candidate.thresholds(cal.thresholds)
-    return {**record, "bundle": str(folder), "thresholds": _threshold_values(thr)}
+    extra = {"adaptation": None if spec is None else spec.to_manifest()}
+    return {**record, "bundle": str(folder), "thresholds": _threshold_values(thr), **extra}
 
 
 def format_summary(record: dict[str, Any]) -> str:
@@ -1114,6 +1218,15 @@ def format_summary(record: dict[str, Any]) -> str:
     ]
     if record.get("note"):
         lines.append(f"NOTE: {record['note']}")
+    ad = record.get("adaptation")
+    if ad:
+        ref = ", ".join(f"{m} {v:+.3f}" for m, v in ad["reference"].items())
+        lines.append(
+            f"per-furnace adaptation: the {ad['quantile']:g} quantile of the last "
+            f"{ad['window_seconds']:g} s (>= {ad['min_windows']} windows); reference logits {ref}"
+        )
+    else:
+        lines.append("per-furnace adaptation: off")
     head = "| setting | policy | furnace-h | visible | alerted | false | false / 10 h |"
     lines += ["", head + " median delay [s] |", "|---" * 8 + "|"]
     for label, part in (("before", record["before"]["measured"]), ("after", record["measured"])):

@@ -240,6 +240,7 @@ def _run_alert_calibration(
     target: float,
     out: str | None,
     signing_key: str | None = None,
+    adaptation: bool = True,
 ) -> int:
     from furnace.alert_calibration import calibrate_bundle, format_summary
 
@@ -251,6 +252,7 @@ def _run_alert_calibration(
         out=out,
         progress=True,
         signing_key=signing_key,
+        adaptation=adaptation,
     )
     source = record["calibration_data"]
     print(
@@ -271,6 +273,7 @@ def _calibrate_alerts(args: argparse.Namespace) -> int:
         args.target_false_per_10h,
         args.out,
         args.signing_key,
+        not args.no_adaptation,
     )
 
 
@@ -659,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="false episodes per 10 furnace-hours allowed in every sensor setting (default 1)",
     )
     ca.add_argument("--out", help="write a calibrated copy here (default: change the bundle)")
+    ca.add_argument(
+        "--no-adaptation",
+        action="store_true",
+        help="leave per-furnace score adaptation off (default: on, its reference taken from "
+        "the calibration furnaces; docs/service.md 'Per-furnace adaptation')",
+    )
     _signing_key_option(
         ca,
         "key that re-signs the rewritten manifest (default: $FURNACE_SIGNING_KEY); "

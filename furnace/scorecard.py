@@ -499,18 +499,19 @@ def score_windows(
     closed windows of one pop stay together), detections in window order.
 
     Each call is one independent replay: with memory heads it scores with its own, empty
-    code history (`Engine.new_history`), so replaying a furnace again (another setting,
+    code history (`Engine.new_history`), with per-furnace adaptation its own score history
+    (`Engine.new_adapter`), so replaying a furnace again (another setting,
     another recording of the same furnace id) never reads an earlier pass's windows.
     """
-    history = engine.new_history()
+    history, adapter = engine.new_history(), engine.new_adapter()
     pending: list[Window] = []
     for closed in windows:
         pending.extend(closed)
         if len(pending) >= batch:
-            yield from engine.score(pending, history=history)
+            yield from engine.score(pending, history=history, adapter=adapter)
             pending = []
     if pending:
-        yield from engine.score(pending, history=history)
+        yield from engine.score(pending, history=history, adapter=adapter)
 
 
 def decide(

@@ -12,7 +12,9 @@ Given a `BundleTrust`, it first checks the Ed25519 signature over the manifest's
 
 An optional `memory` section adds one memory-head graph per modality (`MemorySpec`; codes of
 the decided window and of earlier windows of the same furnace -> probabilities, docs/service.md
-"Memory"); its graphs are listed and hashed in `files` like the window graphs.
+"Memory"); its graphs are listed and hashed in `files` like the window graphs. An optional
+`adaptation` section turns on per-furnace score adaptation (`service.adaptation.AdaptationSpec`,
+docs/service.md "Per-furnace adaptation").
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from service.adaptation import MAX_WINDOW_SECONDS, AdaptationSpec
 from service.signing import BundleTrust, SignatureError, check_signature
 from service.types import MODALITIES, WindowSpec
 
@@ -184,6 +187,7 @@ class Manifest:
     alert_policy: BundleAlertPolicy | None = None  # None: the manifest has none (older)
     signed_by: str | None = None  # id of the trusted key whose signature was checked
     memory: MemorySpec | None = None  # None: no memory heads (the window graphs decide)
+    adaptation: AdaptationSpec | None = None  # None: scores are decided as the graphs give them
 
     @property
     def bundle_sha256(self) -> str:
@@ -274,6 +278,7 @@ def _parse_manifest(root: Path, data: bytes) -> Manifest:
             graphs,
             len(class_names),
         ),
+        adaptation=_adaptation(raw, where, window),
     )
 
 
@@ -437,6 +442,27 @@ def _graphs(raw: dict[str, Any], where: str) -> dict[str, GraphSpec]:
             raise _fail(where, f"graphs.{m}.outputs", f"must be {OUTPUT_NAMES}, got {outs}")
         graphs[m] = spec
     return graphs
+
+
+def _adaptation(raw: dict[str, Any], where: str, window: WindowSpec) -> AdaptationSpec | None:
+    """The optional `adaptation` section; None when the manifest has none."""
+    if raw.get("adaptation") is None:
+        return None
+    section = _obj(raw, "adaptation", where)
+    w = f"{where} adaptation"
+    hop = _num(section, "hop_seconds", w, 1e-3, 3600.0)
+    if abs(hop - window.hop_seconds) > 1e-9:
+        raise _fail(w, "hop_seconds", f"must equal window.hop_seconds {window.hop_seconds:g}")
+    seconds = _num(section, "window_seconds", w, hop, MAX_WINDOW_SECONDS)
+    quantile = _num(section, "quantile", w, 0.0, 1.0)
+    min_windows = _int(section, "min_windows", w)
+    reference_raw = _obj(section, "reference", w)
+    reference = {}
+    for m in reference_raw:
+        if m not in MODALITIES:
+            raise _fail(w, "reference", f"has {m!r}; modalities are {MODALITIES}")
+        reference[m] = _num(reference_raw, m, f"{w} reference", -20.0, 20.0)
+    return AdaptationSpec(seconds, quantile, min_windows, hop, reference)
 
 
 def _memory(

@@ -19,7 +19,9 @@ from typing import Any
 class ModalityResult:
     """One modality's view of a window. With a memory head (docs/service.md "Memory"),
     `probs` and `score` are the memory graph's and `window_score` / `window_probs` keep the
-    window graph's own (diagnostics); without one they are None."""
+    window graph's own (diagnostics); without one they are None. With per-furnace adaptation
+    (docs/service.md "Per-furnace adaptation") `score` is the adapted score and `raw_score`
+    the score before it (what a restart rebuilds the furnace's history from); else None."""
 
     codes: list[int]
     probs: list[float]
@@ -27,6 +29,7 @@ class ModalityResult:
     segment_scores: list[float]
     window_score: float | None = None
     window_probs: list[float] | None = None
+    raw_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Detection:
                     segment_scores=[float(s) for s in r["segment_scores"]],
                     window_score=_float_or_none(r.get("window_score")),
                     window_probs=_floats_or_none(r.get("window_probabilities")),
+                    raw_score=_float_or_none(r.get("raw_score")),
                 )
                 for m, r in (data.get("per_modality") or {}).items()
             }
@@ -144,6 +148,8 @@ def _modality_dict(r: ModalityResult, class_names: tuple[str, ...]) -> dict[str,
     }
     if r.window_score is not None:  # a memory head decided: the window graph's own view
         out["window_score"] = r.window_score
+    if r.raw_score is not None:  # per-furnace adaptation: the score before it
+        out["raw_score"] = r.raw_score
     if r.window_probs is not None:
         out["window_probabilities"] = dict(zip(class_names, r.window_probs, strict=False))
     return out

@@ -27,6 +27,11 @@ earlier windows of the same furnace. Role "decide": its probabilities and score 
 window graph's; role "name": its probabilities replace the window graph's (the condition) and
 the window graph's score still decides (`window_probs` / `window_score` keep the latter). The
 history is the one mutable part of an engine; offline replays pass their own (`new_history`).
+
+Per-furnace adaptation (the manifest's optional `adaptation`, service/adaptation.py): before
+the decision, each usable modality's score is lowered by the furnace's standing bias over
+its recent windows (`ScoreHistory`, the engine's second mutable part; offline replays pass
+`new_adapter()`); the raw score stays in the result as `raw_score`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from service.adaptation import ScoreHistory
 from service.bundle import (
     MEMORY_INPUTS,
     MEMORY_OUTPUTS,
@@ -114,6 +120,7 @@ class Engine:
                 spec = memory.graphs[m]
                 self.memory_sessions[m] = self._load(spec, MEMORY_OUTPUTS, intra_op_threads, shapes)
             self.history = self.new_history()
+        self.adapter: ScoreHistory | None = self.new_adapter()
         self.bundle_sha256 = self.manifest.bundle_sha256
         self._warm_up()
 
@@ -132,10 +139,18 @@ class Engine:
         memory = self.manifest.memory
         return None if memory is None else CodeHistory(memory, self.manifest.codebook_size)
 
+    def new_adapter(self) -> ScoreHistory | None:
+        """An empty score history for per-furnace adaptation (None without it): each offline
+        replay adapts with its own."""
+        spec = self.manifest.adaptation
+        return None if spec is None else ScoreHistory(spec)
+
     def reset_memory(self) -> None:
-        """Forget the engine's own history (every furnace starts empty, unprimed)."""
+        """Forget the engine's own histories (every furnace starts empty, unprimed)."""
         if self.history is not None:
             self.history.clear()
+        if self.adapter is not None:
+            self.adapter.clear()
 
     def _load(
         self,
@@ -254,13 +269,15 @@ class Engine:
         observe: Observer | None = None,
         *,
         history: CodeHistory | None = None,
+        adapter: ScoreHistory | None = None,
     ) -> list[Detection]:
         """Score windows (any furnaces), one batched run per modality (and, with memory heads,
         one memory run per modality after it).
 
         `observe(modality, seconds, batch_size)` is called after each modality's runs
         (metrics). `history`: the memory heads' codes to read and extend (default: the
-        engine's own; offline replays pass `new_history()`).
+        engine's own; offline replays pass `new_history()`); `adapter` likewise for
+        per-furnace adaptation (`new_adapter()`).
         """
         per: dict[str, dict[int, ModalityResult]] = {m: {} for m in MODALITIES}
         cur = [
@@ -288,7 +305,26 @@ class Engine:
             self._remember("camera", windows, per["camera"], history or self.history)
             if observe is not None:
                 observe("camera", time.perf_counter() - t0, len(cam))
+        self._adapt(windows, per, adapter or self.adapter)
         return [self._decide(i, w, per) for i, w in enumerate(windows)]
+
+    @staticmethod
+    def _adapt(
+        windows: list[Window],
+        per: dict[str, dict[int, ModalityResult]],
+        adapter: ScoreHistory | None,
+    ) -> None:
+        """With per-furnace adaptation: each usable modality's score becomes the adapted one
+        (the raw score kept as `raw_score`); unusable ones are neither read nor stored."""
+        if adapter is None:
+            return
+        for m in MODALITIES:
+            index = [i for i in sorted(per[m]) if windows[i].usable(m)]
+            if not index:
+                continue
+            batch = [(windows[i].furnace_id, windows[i].end, per[m][i].score) for i in index]
+            for i, score in zip(index, adapter.adjust(m, batch), strict=True):
+                per[m][i] = replace(per[m][i], score=score, raw_score=per[m][i].score)
 
     def _remember(
         self,

@@ -238,10 +238,12 @@ class StreamConsumer:
         commit any window that history closes after the last committed one, and start each
         stream with its own pending entries (docs/design/serving.md 2.3). With memory heads,
         the furnace's code history is rebuilt from its stored detections before its first
-        window is scored (`Runtime.prime_memory`)."""
+        window is scored (`Runtime.prime_memory`); with per-furnace adaptation, its score
+        history likewise."""
         engine = self.engine()
-        if engine.history is not None:  # rebuilt from stored detections before it scores
-            engine.history.reprime(furnace_id)
+        for history in (engine.history, engine.adapter):
+            if history is not None:  # rebuilt from stored detections before it scores
+                history.reprime(furnace_id)
         assembler = await self.recovery.adopt(self.client, furnace_id, engine.manifest.window)
         windows = self.streams.add(furnace_id, assembler)
         if windows:  # closed by entries acked before a commit finished: commit them now

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -27,7 +27,7 @@ from service.ingest import StreamConsumer
 from service.metrics import Metrics
 from service.schemas import BUNDLE_NAME
 from service.settings import Settings
-from service.store import CommitResult, Keys, recent_codes
+from service.store import CommitResult, Keys, recent_codes, recent_raw_scores
 from service.types import Window
 
 logger = logging.getLogger(__name__)
@@ -125,48 +125,58 @@ class Runtime:
         )
 
     async def prime_memory(self, engine: Engine, furnaces: set[str]) -> None:
-        """Rebuild the memory heads' history of each furnace `engine` has not primed yet from
-        the furnace's recent detections (docs/service.md "Memory"): after a restart, a
-        reload, or when a replica adopts a furnace, before its first window is scored. Only
-        detections of the engine's model version, and only the window ends the slots can
-        reach, are read (bounded XREVRANGE). A failed read is logged and the furnace goes on
-        with what the engine holds (its history fills again as windows are scored)."""
-        history = engine.history
-        memory = engine.manifest.memory
-        if history is None or memory is None:
-            return
+        """Rebuild the engine's per-furnace histories (the memory heads' codes,
+        docs/service.md "Memory"; per-furnace adaptation's raw scores, "Per-furnace
+        adaptation") of each furnace `engine` has not primed yet from the furnace's recent
+        detections: after a restart, a reload, or when a replica adopts a furnace, before its
+        first window is scored. Only detections of the engine's model version, and only the
+        window ends a history can reach, are read (bounded XREVRANGE). A failed read is
+        logged and the furnace goes on with what the engine holds (its history fills again
+        as windows are scored)."""
         keys = Keys(self.settings.key_prefix)
+        memory, adaptation = engine.manifest.memory, engine.manifest.adaptation
+        jobs: list[tuple[str, Any, Any, float, int]] = []
+        if engine.history is not None and memory is not None:
+            reach = 2 * memory.slots * memory.stride_windows + 64
+            jobs.append(("memory", engine.history, recent_codes, memory.span_seconds, reach))
+        if engine.adapter is not None and adaptation is not None:
+            reach = adaptation.span + 64
+            seconds = adaptation.window_seconds
+            jobs.append(("adaptation", engine.adapter, recent_raw_scores, seconds, reach))
         for furnace_id in sorted(furnaces):
-            if history.primed(furnace_id):
-                continue
-            try:
-                records = await asyncio.wait_for(
-                    recent_codes(
-                        self.redis(),
-                        keys,
+            for what, history, read, seconds, reach in jobs:
+                if history.primed(furnace_id):
+                    continue
+                try:
+                    records = await asyncio.wait_for(
+                        read(
+                            self.redis(),
+                            keys,
+                            furnace_id,
+                            model_version=engine.model_version,
+                            seconds=seconds,
+                            max_entries=reach,
+                        ),
+                        self.settings.redis_read_timeout_seconds,
+                    )
+                except Exception as exc:  # noqa: BLE001 - Redis down or slow: score without it
+                    history.mark_primed(furnace_id)
+                    logger.warning(
+                        "%s history of %s not rebuilt from its stored detections (%r); "
+                        "scoring on with what this engine holds",
+                        what,
                         furnace_id,
-                        model_version=engine.model_version,
-                        seconds=memory.span_seconds,
-                        max_entries=2 * memory.slots * memory.stride_windows + 64,
-                    ),
-                    self.settings.redis_read_timeout_seconds,
-                )
-            except Exception as exc:  # noqa: BLE001 - Redis down or slow: score without it
-                history.mark_primed(furnace_id)
-                logger.warning(
-                    "memory history of %s not rebuilt from its stored detections (%r); "
-                    "scoring on with what this engine holds",
+                        exc,
+                    )
+                    continue
+                stored = history.prime(furnace_id, records)
+                logger.info(
+                    "%s history of %s rebuilt from %d stored detections (%d values)",
+                    what,
                     furnace_id,
-                    exc,
+                    len(records),
+                    stored,
                 )
-                continue
-            stored = history.prime(furnace_id, records)
-            logger.info(
-                "memory history of %s rebuilt from %d stored detections (%d codes)",
-                furnace_id,
-                len(records),
-                stored,
-            )
 
     async def reload(self, name: str, *, origin: str = "reload") -> tuple[str, Engine]:
         """Verify, build and warm the bundle `name`, then swap it in (docs/design/serving.md 3.2).

@@ -70,6 +70,11 @@ class ModalityOut(BaseModel):
         description="with a memory head: the window graph's own probabilities (what the "
         "memory head corrected)",
     )
+    raw_score: float | None = Field(
+        None,
+        description="with per-furnace adaptation (the manifest's `adaptation`): the score "
+        "before the furnace's standing bias was removed; `score` is the adapted one",
+    )
 
 
 class EpisodeOut(BaseModel):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -22,6 +22,8 @@ from redis.typing import EncodableT, FieldT
 from service.alerting import AlertEvent, AlertPolicy, AlertState, next_state
 from service.detection import Detection
 from service.entries import as_text
+
+T = TypeVar("T")
 
 GROUP = "sentinel"  # the consumer group every replica reads the input streams under
 
@@ -131,7 +133,45 @@ async def recent_codes(
     `HISTORY_PAGE` (XREVRANGE ... COUNT), at most `max_entries` entries, and stops early at a
     page that lies wholly before the span. Entries without parsable codes are skipped.
     """
-    found: list[tuple[float, dict[str, list[int]]]] = []
+
+    def codes(data: dict[str, Any]) -> dict[str, list[int]]:
+        return {str(m): [int(c) for c in v] for m, v in (data.get("codes") or {}).items()}
+
+    return await _recent(client, keys, furnace_id, model_version, seconds, max_entries, codes)
+
+
+async def recent_raw_scores(
+    client: aioredis.Redis,
+    keys: Keys,
+    furnace_id: str,
+    *,
+    model_version: str,
+    seconds: float,
+    max_entries: int,
+) -> list[tuple[float, dict[str, float]]]:
+    """Like `recent_codes`, the raw (pre-adaptation) score of each modality that decided
+    a recent detection: what per-furnace adaptation's history is rebuilt from
+    (docs/service.md "Per-furnace adaptation")."""
+
+    def raw(data: dict[str, Any]) -> dict[str, float]:
+        per = data.get("per_modality") or {}
+        return {str(m): float(r["raw_score"]) for m, r in per.items() if "raw_score" in r}
+
+    return await _recent(client, keys, furnace_id, model_version, seconds, max_entries, raw)
+
+
+async def _recent(
+    client: aioredis.Redis,
+    keys: Keys,
+    furnace_id: str,
+    model_version: str,
+    seconds: float,
+    max_entries: int,
+    pick: Callable[[dict[str, Any]], T],
+) -> list[tuple[float, T]]:
+    """`pick(data)` of a furnace's recent detections of `model_version`, oldest first
+    (`recent_codes`); entries `pick` cannot parse are skipped."""
+    found: list[tuple[float, T]] = []
     newest: float | None = None
     top, read = "+", 0
     key = keys.detections(furnace_id)
@@ -149,8 +189,7 @@ async def recent_codes(
                 continue
             try:
                 end = float(as_text(got["window_end"]))
-                codes = json.loads(as_text(got["data"])).get("codes") or {}
-                parsed = {str(m): [int(c) for c in v] for m, v in codes.items()}
+                parsed = pick(json.loads(as_text(got["data"])))
             except (KeyError, ValueError, TypeError, AttributeError):
                 continue
             newest = end if newest is None else max(newest, end)
@@ -160,8 +199,8 @@ async def recent_codes(
         if len(rows) < count or (newest is not None and not in_span):
             break
     if newest is not None:
-        found = [(end, codes) for end, codes in found if end >= newest - seconds]
-    found.reverse()  # the stream's order: the order the codes were first stored in
+        found = [(end, value) for end, value in found if end >= newest - seconds]
+    found.reverse()  # the stream's order: the order the windows were first stored in
     return found
 
 

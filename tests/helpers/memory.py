@@ -4,8 +4,13 @@ windows tells nothing)."""
 
 from __future__ import annotations
 
+import base64
+import math
+from typing import Any
+
 import numpy as np
 
+from service.images import encode_png
 from service.types import CameraWindow, CurrentWindow, Window, WindowSpec
 
 
@@ -34,3 +39,31 @@ def synthetic_windows(
         current = CurrentWindow(x.astype(np.float32), baseline)
         out.append(Window(furnace_id, end, current, CameraWindow(frames)))
     return out
+
+
+def http_body(spec: WindowSpec, end: float, seed: int) -> dict[str, Any]:
+    """A POST body for the window ending at `end`: current (window and baseline history) at a
+    level that changes with `seed`, and varied frames."""
+    rng = np.random.default_rng(seed)
+    n_hist = round(spec.baseline_seconds * spec.rate_hz)
+    n = spec.samples + n_hist
+    x = 12000.0 + 150.0 * rng.standard_normal((n, 3))
+    x[n_hist:] += 3000.0 * math.sin(seed)
+    step = 1.0 / spec.camera_fps
+    count = round(spec.window_seconds * spec.camera_fps)
+    frames = [
+        {
+            "ts": end - spec.window_seconds + (k + 1) * step,
+            "image": base64.b64encode(encode_png(varied_frame(rng, spec.frame_px))).decode(),
+        }
+        for k in range(count)
+    ]
+    return {
+        "window_end": end,
+        "current": {
+            "start": end - (n - 1) / spec.rate_hz,
+            "rate_hz": spec.rate_hz,
+            "samples": np.round(x, 2).tolist(),
+        },
+        "camera": {"frames": frames},
+    }

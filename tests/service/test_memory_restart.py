@@ -7,7 +7,6 @@ and scoring goes on with an empty history."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 from service.store import Keys, recent_codes
 from service.types import MODALITIES, WindowSpec
-from tests.helpers.memory import synthetic_windows, varied_frame
+from tests.helpers.memory import http_body, synthetic_windows, varied_frame
 from tests.helpers.service import (
     T0,
     WRITE,
@@ -178,34 +177,6 @@ def test_a_restarted_service_rebuilds_the_history_and_decides_as_an_uninterrupte
                 alone = engine.run_memory(m, codes, present, own)["probs"][0]
                 changed += not np.allclose(alone, stored, atol=1e-4)
     assert changed > 10  # windows after the restart read windows from before it
-
-
-def http_body(spec: WindowSpec, end: float, seed: int) -> dict[str, Any]:
-    """A POST body for the window ending at `end`: current (window and baseline history) at a
-    level that changes with `seed`, and varied frames."""
-    rng = np.random.default_rng(seed)
-    n_hist = round(spec.baseline_seconds * spec.rate_hz)
-    n = spec.samples + n_hist
-    x = 12000.0 + 150.0 * rng.standard_normal((n, 3))
-    x[n_hist:] += 3000.0 * math.sin(seed)
-    step = 1.0 / spec.camera_fps
-    count = round(spec.window_seconds * spec.camera_fps)
-    frames = [
-        {
-            "ts": end - spec.window_seconds + (k + 1) * step,
-            "image": base64.b64encode(encode_png(varied_frame(rng, spec.frame_px))).decode(),
-        }
-        for k in range(count)
-    ]
-    return {
-        "window_end": end,
-        "current": {
-            "start": end - (n - 1) / spec.rate_hz,
-            "rate_hz": spec.rate_hz,
-            "samples": np.round(x, 2).tolist(),
-        },
-        "camera": {"frames": frames},
-    }
 
 
 def test_a_fresh_replica_scores_a_posted_window_with_the_stored_history(

@@ -265,7 +265,7 @@ def add_memory(
         }
         target_far = float(manifest["thresholds"].get("target_far", run_cfg.train.target_far))
         cal = calibrate_probs(probs, data.val.label, target_far)
-        stale = ("alert_policy", "thresholds_per_window")
+        stale = ("alert_policy", "thresholds_per_window", "adaptation")
         new = {k: v for k, v in manifest.items() if k not in stale}
         new["window_thresholds"] = manifest["thresholds"]
         new["thresholds"] = {
