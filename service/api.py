@@ -288,6 +288,7 @@ async def model_info(rt: RuntimeDep, engine: EngineDep, client: RedisDep) -> dic
         "metrics": _public((raw.get("metrics") or {}).get("settings")),
         "training": _public(raw.get("training") or {}),
         "memory": None if raw.get("memory") is None else _public(raw["memory"]),
+        "adaptation": raw.get("adaptation"),
     }
 
 

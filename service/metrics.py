@@ -34,6 +34,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from service.adaptation import logit
+
 if TYPE_CHECKING:
     from service.detection import Detection
 
@@ -56,6 +58,7 @@ DETECTION_DELAY_BUCKETS: Final = (
 )  # fmt: skip
 # Scores live in [0, 1]; finer near 1, where thresholds sit.
 ANOMALY_SCORE_BUCKETS: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+ADAPTATION_SHIFT_BUCKETS: Final = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0)  # logits
 # Health probes take ~1 ms; a POSTed window with frames up to a few hundred ms under load.
 HTTP_BUCKETS: Final = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -302,6 +305,14 @@ class Metrics:
             buckets=ANOMALY_SCORE_BUCKETS,
             registry=r,
         )
+        self.adaptation_shift = Histogram(
+            "furnace_score_adaptation_shift_logits",
+            "How far per-furnace adaptation lowered a window's score, in logits (0: not at "
+            "all), per modality; only bundles with an adaptation section observe it.",
+            ["modality"],
+            buckets=ADAPTATION_SHIFT_BUCKETS,
+            registry=r,
+        )
         self.alert_episodes = Counter(
             "furnace_alert_episodes",
             "Alert episodes opened.",
@@ -467,8 +478,11 @@ class Metrics:
             route=route, method=method, status_class=status_class(status_code)
         ).observe(seconds)
 
-    def observe_score(self, *, modality: str, score: float) -> None:
+    def observe_score(self, *, modality: str, score: float, raw_score: float | None = None) -> None:
         self.anomaly_score.labels(modality=modality).observe(score)
+        if raw_score is not None:
+            shift = logit(raw_score) - logit(score)
+            self.adaptation_shift.labels(modality=modality).observe(max(shift, 0.0))
 
     def alert_opened(self, *, furnace_id: str, condition: str) -> None:
         """An alert episode opened: count it and mark it active."""

@@ -330,7 +330,7 @@ class Runtime:
         m = self.metrics
         m.window_scored(source=source, modalities=det.decided_by)
         for modality, part in det.per_modality.items():
-            m.observe_score(modality=modality, score=part.score)
+            m.observe_score(modality=modality, score=part.score, raw_score=part.raw_score)
         if source == "redis":
             # A window read from a stream belongs to a discovered furnace, even when it is
             # scored (rebuilt from history at adoption) before discovery registers it:

@@ -192,6 +192,12 @@ class ModelOut(BaseModel):
         description="the manifest's `memory` section (memory heads: slots, stride, graphs, "
         "validation; no file-system paths), null when the bundle has none",
     )
+    adaptation: dict[str, Any] | None = Field(
+        None,
+        description="the manifest's `adaptation` section (per-furnace score adaptation: "
+        "window, quantile, minimum history, per-modality reference logits), null when the "
+        "bundle has none",
+    )
 
 
 class ReloadOut(BaseModel):

@@ -572,8 +572,10 @@ def test_calibrate_alerts_end_to_end(tiny_data: Path, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert not torch_loaded
     assert "| both | after |" in run.stdout and "alert policy: open on" in run.stdout
+    assert "per-furnace adaptation: the 0.25 quantile of the last 600 s" in run.stdout
     before, after = verify_bundle(DEFAULT), verify_bundle(out)
     assert after.model_version == before.model_version and after.files == before.files
+    assert after.adaptation is not None and set(after.adaptation.reference) == {"current", "camera"}
     raw = after.raw
     policy = raw["alert_policy"]
     assert after.alert_policy is not None

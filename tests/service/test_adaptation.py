@@ -224,6 +224,8 @@ def test_a_restarted_service_rebuilds_the_score_history(
             post(client, b)
     with TestClient(create_app(restarted)) as client:
         got = [post(client, b) for b in bodies[8:]]
+        metrics = client.get("/metrics").text
+        info = client.get("/v1/model").json()
     with TestClient(create_app(empty)) as client:
         alone = post(client, bodies[-1])
     for x, y in zip(want[8:], got, strict=True):
@@ -232,6 +234,9 @@ def test_a_restarted_service_rebuilds_the_score_history(
             assert py["raw_score"] == pytest.approx(px["raw_score"], abs=1e-6)
             assert py["score"] == pytest.approx(px["score"], abs=1e-6)
             assert py["score"] < py["raw_score"]
+    assert info["adaptation"]["reference"] == {"current": -6.0, "camera": -6.0}
+    count = 'furnace_score_adaptation_shift_logits_count{modality="current"} 6.0'
+    assert count in metrics  # one observation per window scored by that service
     for m in ("current", "camera"):
         r = alone["per_modality"][m]
         assert r["score"] == r["raw_score"]  # nothing stored under that prefix: no history

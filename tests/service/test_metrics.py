@@ -28,6 +28,7 @@ SERIES: dict[str, tuple[str, frozenset[str]]] = {
         frozenset({"route", "method", "status_class"}),
     ),
     "furnace_anomaly_score": ("histogram", frozenset({"modality"})),
+    "furnace_score_adaptation_shift_logits": ("histogram", frozenset({"modality"})),
     "furnace_alert_episodes": ("counter", frozenset({"furnace", "condition"})),
     "furnace_alert_active": ("gauge", frozenset({"furnace", "condition"})),
     "furnace_modality_up": ("gauge", frozenset({"furnace", "modality"})),
@@ -68,7 +69,7 @@ def observe_one_of_each(metrics: Metrics, furnace_id: str = "F01") -> None:
     metrics.observe_http(
         route="/v1/furnaces/{furnace_id}/windows", method="POST", status_code=200, seconds=0.004
     )
-    metrics.observe_score(modality="camera", score=0.42)
+    metrics.observe_score(modality="camera", score=0.42, raw_score=0.9)
     metrics.alert_opened(furnace_id=furnace_id, condition="eruption")
     metrics.set_code_reference({"current": [0.25] * 4, "camera": [0.25] * 4})
     metrics.window_recorded(detection(furnace_id, codes=[0, 1, 2, 3]), usable=["current"])
