@@ -1,12 +1,14 @@
-"""What the memory heads cost the service: `Engine.score` with a bundle's memory heads against the
-same bundle without them, on the same held-out windows, side by side in one run.
+"""What the memory heads and per-furnace adaptation cost the service: `Engine.score` with a
+bundle's memory heads and adaptation against the same bundle without adaptation and without
+either, on the same held-out windows, side by side in one run.
 
     .venv/bin/python bench/memory_overhead.py --bundle models/default --data data/test
 
-The bundle without memory is a copy whose manifest drops the `memory` section (and its graphs);
-both engines use one intra-op thread (the service's default). Two shapes, as the service scores:
-batch 1 (one furnace's window as it closes; the history grows as in a live furnace) and batch 64
-(64 furnaces' windows in one call). Prints the median milliseconds per call and the ratio, and
+The bundles without them are copies whose manifests drop the `adaptation` section, and the
+`memory` section (and its graphs) too; all engines use one intra-op thread (the service's
+default). Two shapes, as the service scores: batch 1 (one furnace's window as it closes; the
+histories grow as in a live furnace) and batch 64 (64 furnaces' windows in one call). Prints
+the median milliseconds per call and the ratios, and
 the size of a furnace's history. Results go to docs/benchmarks.md.
 """
 
@@ -51,13 +53,17 @@ def service_windows(w: Windows, index: np.ndarray, furnace: str, t0: float) -> l
     return out
 
 
-def without_memory(bundle: Path, root: Path) -> Path:
-    dest = root / "plain"
+def stripped(bundle: Path, root: Path, name: str, *, memory: bool) -> Path:
+    """A copy of `bundle` without per-furnace adaptation and, unless `memory`, without its
+    memory heads (unsigned: the bench loads it without a trust policy)."""
+    dest = root / name
     shutil.copytree(bundle, dest)
     raw = json.loads((dest / "manifest.json").read_text())
-    for graph in raw.pop("memory")["graphs"].values():
-        raw["files"].pop(graph["file"])
-        (dest / graph["file"]).unlink()
+    raw.pop("adaptation", None)
+    if not memory:
+        for graph in raw.pop("memory")["graphs"].values():
+            raw["files"].pop(graph["file"])
+            (dest / graph["file"]).unlink()
     (dest / "manifest.json").write_text(json.dumps(raw))
     (dest / "signature.json").unlink(missing_ok=True)
     return dest
@@ -78,8 +84,9 @@ def main() -> int:
     first = both[rec == rec[0]]  # one recording's windows in order: a live furnace
     with tempfile.TemporaryDirectory() as tmp:
         engines = {
-            "with memory": Engine(bundle),
-            "window heads only": Engine(without_memory(bundle, Path(tmp))),
+            "memory and adaptation": Engine(bundle),
+            "memory, no adaptation": Engine(stripped(bundle, Path(tmp), "mem", memory=True)),
+            "window heads only": Engine(stripped(bundle, Path(tmp), "plain", memory=False)),
         }
         live = service_windows(w, first, "f0", 1.7e9)
         fleet = [
@@ -97,17 +104,21 @@ def main() -> int:
             b1 = _median_ms(one, args.repeats)
             b64 = _median_ms(lambda engine=engine: engine.score(fleet), max(20, args.repeats // 10))
             rows.append((name, b1, b64))
-        memory = engines["with memory"].history
+        memory = engines["memory and adaptation"].history
         kept = memory.windows("f0", "current") if memory is not None else []
+        adapter = engines["memory and adaptation"].adapter
+        scores = adapter.windows("f0", "current") if adapter is not None else []
     print(f"machine: {platform.processor() or platform.machine()}, one intra-op thread")
     print(f"bundle {bundle} ({len(live)} windows of one furnace; 64 furnaces for batch 64)")
     print("| engine | batch 1 ms | batch 64 ms |")
     print("|---|---|---|")
     for name, b1, b64 in rows:
         print(f"| {name} | {b1:.2f} | {b64:.1f} |")
-    (_, m1, m64), (_, p1, p64) = rows
+    (_, a1, a64), (_, m1, m64), (_, p1, p64) = rows
     print(f"memory / window heads only: batch 1 {m1 / p1:.2f}x, batch 64 {m64 / p64:.2f}x")
-    print(f"history kept for one furnace and modality: {len(kept)} windows")
+    print(f"adaptation on top: batch 1 {a1 / m1:.2f}x, batch 64 {a64 / m64:.2f}x")
+    print(f"history kept for one furnace and modality: codes of {len(kept)} windows, ", end="")
+    print(f"scores of {len(scores)} windows")
     return 0
 
 
