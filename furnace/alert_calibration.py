@@ -94,6 +94,7 @@ from furnace.scorecard import (
     match_events,
 )
 from service.adaptation import (
+    DEFAULT_MAX_SHIFT,
     DEFAULT_MIN_WINDOWS,
     DEFAULT_QUANTILE,
     DEFAULT_WINDOW_SECONDS,
@@ -342,6 +343,7 @@ def adaptation_reference(
     window_seconds: float = DEFAULT_WINDOW_SECONDS,
     quantile: float = DEFAULT_QUANTILE,
     min_windows: int = DEFAULT_MIN_WINDOWS,
+    max_shift: float = DEFAULT_MAX_SHIFT,
     hop_seconds: float,
 ) -> AdaptationSpec | None:
     """The adaptation spec whose per-modality reference is the median of the calibration
@@ -350,7 +352,7 @@ def adaptation_reference(
     modality no window of which has `min_windows` earlier windows of its furnace (recordings
     too short) gets no reference, and so no adaptation; None when neither modality has one.
     """
-    spec = AdaptationSpec(window_seconds, quantile, min_windows, hop_seconds, {})
+    spec = AdaptationSpec(window_seconds, quantile, min_windows, hop_seconds, {}, max_shift)
     found: dict[str, list[float]] = {m: [] for m in MODALITIES}
     for run, setting, m, index in _sequences(data):
         history = ScoreHistory(spec)

@@ -13,10 +13,12 @@ decision:
 - a window's baseline b is the `quantile` of the z of the same furnace and modality over the
   `window_seconds` before it (strictly earlier hop indices), once at least `min_windows` of
   them are held (before that: no adaptation);
-- the adapted score is sigmoid(z - max(0, b - reference)), `reference` the modality's typical
-  baseline on the calibration furnaces (the median of their baselines). Only a baseline above
-  the typical one is removed: the adaptation never raises a score, and a furnace that reads
-  like the training furnaces is left as it is.
+- the adapted score is sigmoid(z - min(max(0, b - reference), max_shift)), `reference` the
+  modality's typical baseline on the calibration furnaces (the median of their baselines).
+  Only a baseline above the typical one is removed: the adaptation never raises a score, and
+  a furnace that reads like the training furnaces is left as it is. The shift is capped at
+  `max_shift_logits` (4 by default, where the calibration's figures no longer change), so a
+  furnace that stands far above every threshold stays flagged however long it does.
 
 A condition lifts the baseline only once it has filled more than 1 - quantile of the window
 (7.5 of 10 minutes at the defaults): by then its episode is open. The thresholds and the
@@ -42,6 +44,7 @@ SCORE_EPS = 1e-6  # scores are clipped to [eps, 1 - eps] before the logit
 DEFAULT_WINDOW_SECONDS = 600.0
 DEFAULT_QUANTILE = 0.25
 DEFAULT_MIN_WINDOWS = 30
+DEFAULT_MAX_SHIFT = 4.0  # logits
 MAX_WINDOW_SECONDS = 6 * 3600.0
 
 
@@ -66,6 +69,7 @@ class AdaptationSpec:
     min_windows: int
     hop_seconds: float
     reference: dict[str, float]  # modality -> typical baseline logit on calibration furnaces
+    max_shift: float = DEFAULT_MAX_SHIFT  # logits: the most a score is lowered
 
     @property
     def span(self) -> int:
@@ -79,9 +83,10 @@ class AdaptationSpec:
             "min_windows": self.min_windows,
             "hop_seconds": self.hop_seconds,
             "reference": dict(self.reference),
-            "rule": "score' = sigmoid(z - max(0, b - reference)), z = logit(score), b = the "
-            "quantile of the furnace's z over the window_seconds before the window "
-            "(min_windows of them at the least, else score' = score)",
+            "max_shift_logits": self.max_shift,
+            "rule": "score' = sigmoid(z - min(max(0, b - reference), max_shift_logits)), "
+            "z = logit(score), b = the quantile of the furnace's z over the window_seconds "
+            "before the window (min_windows of them at the least, else score' = score)",
         }
 
 
@@ -97,7 +102,7 @@ def adapted(score: float, baseline: float | None, spec: AdaptationSpec, modality
     """The adapted score (module docstring): unchanged without a baseline or a reference."""
     if baseline is None or modality not in spec.reference:
         return score
-    shift = baseline - spec.reference[modality]
+    shift = min(baseline - spec.reference[modality], spec.max_shift)
     return score if shift <= 0.0 else sigmoid(logit(score) - shift)
 
 

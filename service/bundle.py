@@ -462,7 +462,8 @@ def _adaptation(raw: dict[str, Any], where: str, window: WindowSpec) -> Adaptati
         if m not in MODALITIES:
             raise _fail(w, "reference", f"has {m!r}; modalities are {MODALITIES}")
         reference[m] = _num(reference_raw, m, f"{w} reference", -20.0, 20.0)
-    return AdaptationSpec(seconds, quantile, min_windows, hop, reference)
+    max_shift = _num(section, "max_shift_logits", w, 0.0, 40.0)
+    return AdaptationSpec(seconds, quantile, min_windows, hop, reference, max_shift)
 
 
 def _memory(

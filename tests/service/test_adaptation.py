@@ -54,6 +54,13 @@ def test_a_standing_bias_is_removed_and_a_typical_furnace_is_left_alone() -> Non
     assert all(a <= s + 1e-12 for a, s in zip(_feed(ScoreHistory(SPEC), mixed), mixed, strict=True))
 
 
+def test_the_shift_is_capped() -> None:
+    """A furnace standing far above the reference is lowered by `max_shift` at the most."""
+    capped = replace(SPEC, max_shift=1.5)
+    got = _feed(ScoreHistory(capped), [sigmoid(5.0)] * 8)
+    assert got[4:] == pytest.approx([sigmoid(3.5)] * 4)
+
+
 def test_an_event_rising_above_the_furnace_baseline_still_stands_out() -> None:
     """Biased furnace (logit 2), then a condition (logit 6) for a while: its windows keep a
     lowered but high score until it fills more than 1 - quantile of the window; then the
@@ -62,7 +69,7 @@ def test_an_event_rising_above_the_furnace_baseline_still_stands_out() -> None:
     got = _feed(ScoreHistory(SPEC), scores)
     assert got[20] == pytest.approx(sigmoid(4.0))  # baseline 2 from the 10 earlier windows
     assert got[26] == pytest.approx(sigmoid(4.0))  # 6 of 10 windows high: q25 still 2
-    assert got[29] == pytest.approx(sigmoid(0.0))  # 9 of 10 high: the baseline is 6
+    assert got[29] == pytest.approx(sigmoid(2.0))  # 9 of 10 high: baseline 6, shift capped at 4
 
 
 def test_a_batch_gives_what_one_by_one_gives_and_a_redelivery_rewrites_nothing() -> None:
@@ -126,6 +133,7 @@ def _section(**over: Any) -> dict[str, Any]:
         "min_windows": 5,
         "hop_seconds": 2.0,
         "reference": {"current": -6.0, "camera": -6.0},
+        "max_shift_logits": 8.0,
     }
     return {**section, **over}
 
@@ -148,6 +156,8 @@ def test_the_manifest_section_is_parsed_and_checked(bundle_dir: Path, tmp_path: 
         (_section(window_seconds=-1.0), "window_seconds"),
         (_section(reference={"sound": 0.0}), "reference"),
         (_section(reference={"current": math.inf}), "current"),
+        (_section(max_shift_logits=-1.0), "max_shift_logits"),
+        ({k: v for k, v in _section().items() if k != "max_shift_logits"}, "max_shift_logits"),
     ]
     for i, (section, key) in enumerate(bad):
         with pytest.raises(BundleError, match=key):
