@@ -33,12 +33,13 @@ One `ScoreHistory` belongs to one engine (one bundle); offline replays take thei
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from service.histories import FurnaceHistory
 
 SCORE_EPS = 1e-6  # scores are clipped to [eps, 1 - eps] before the logit
 DEFAULT_WINDOW_SECONDS = 600.0
@@ -106,18 +107,14 @@ def adapted(score: float, baseline: float | None, spec: AdaptationSpec, modality
     return score if shift <= 0.0 else sigmoid(logit(score) - shift)
 
 
-class ScoreHistory:
+class ScoreHistory(FurnaceHistory):
     """Per (furnace, modality): hop index -> raw score logit, bounded to the baseline's
     reach. Thread-safe (the stream and HTTP pools score at once)."""
 
     def __init__(self, spec: AdaptationSpec) -> None:
+        super().__init__(spec.hop_seconds)
         self.spec = spec
-        self._lock = threading.Lock()
         self._z: dict[tuple[str, str], dict[int, float]] = {}
-        self._primed: set[str] = set()
-
-    def key(self, window_end: float) -> int:
-        return round(window_end / self.spec.hop_seconds)
 
     def baselines(
         self, modality: str, windows: Sequence[tuple[str, float, float]]
@@ -175,19 +172,6 @@ class ScoreHistory:
                     self._prune(held)
             self._primed.add(furnace_id)
         return stored
-
-    def primed(self, furnace_id: str) -> bool:
-        with self._lock:
-            return furnace_id in self._primed
-
-    def mark_primed(self, furnace_id: str) -> None:
-        with self._lock:
-            self._primed.add(furnace_id)
-
-    def reprime(self, furnace_id: str) -> None:
-        """Prime the furnace again before its next window (a replica adopting it)."""
-        with self._lock:
-            self._primed.discard(furnace_id)
 
     def windows(self, furnace_id: str, modality: str) -> list[int]:
         """The hop indices held for a furnace and modality, ascending (tests, diagnostics)."""

@@ -23,31 +23,26 @@ model version wrote).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.bundle import MemorySpec
+from service.histories import FurnaceHistory
 
 Codes = NDArray[np.int64]
 
 
-class CodeHistory:
+class CodeHistory(FurnaceHistory):
     """Per (furnace, modality): hop index -> codes (module docstring). Thread-safe."""
 
     def __init__(self, spec: MemorySpec, codebook_size: int) -> None:
+        super().__init__(spec.hop_seconds)
         self.spec = spec
         self.codebook_size = codebook_size
         self.reach = (spec.slots - 1) * spec.stride_windows  # hops back from the newest key
-        self._lock = threading.Lock()
         self._codes: dict[tuple[str, str], dict[int, Codes]] = {}
-        self._primed: set[str] = set()
-
-    def key(self, window_end: float) -> int:
-        """The window's index on the hop grid."""
-        return round(window_end / self.spec.hop_seconds)
 
     def valid(self, codes: Sequence[int]) -> bool:
         """`codes_per_window` codes, each an index into the codebook."""
@@ -109,21 +104,6 @@ class CodeHistory:
                 self._prune(furnace_id, modality)
             self._primed.add(furnace_id)
         return stored
-
-    def primed(self, furnace_id: str) -> bool:
-        """Whether `prime` ran for the furnace (successfully or not: see the engine)."""
-        with self._lock:
-            return furnace_id in self._primed
-
-    def mark_primed(self, furnace_id: str) -> None:
-        with self._lock:
-            self._primed.add(furnace_id)
-
-    def reprime(self, furnace_id: str) -> None:
-        """Prime the furnace again before its next window (a replica adopting it: another one
-        may have scored it meanwhile); the codes held stay, stored ones fill the gaps."""
-        with self._lock:
-            self._primed.discard(furnace_id)
 
     def furnaces(self) -> int:
         """How many furnaces hold any history."""
